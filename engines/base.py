@@ -1,0 +1,240 @@
+"""The engine contract shared by the trainer, the CLI, the metrics and the app.
+
+An engine owns its networks, losses and optimisers; the generic trainer owns epochs,
+data, augmentation schedule, logging, grids, metric cadence, checkpoints and signals.
+
+Contract (see docs/engines.md):
+- ``name`` (registry key), ``kind`` ("generate" or "translate"), ``domains`` (1, or 2 for translation)
+- ``default_config()``: engine hyper-parameters (widths, latent size, lr, betas, ...); every
+  key can be overridden with ``--set key=value``
+- ``__init__(config, image_size, training=True)``: builds nets (and optimisers when training)
+- ``train_step(batch) -> dict[str, Tensor|float]``: one optimisation step; scalars are
+  returned as 0-d tensors where possible so the trainer syncs with the host once per epoch
+- ``latent(n, seed)``, ``sample(z=None, n=None, seed=None)`` -> images in [-1, 1]
+- ``interpolate(seed_a, seed_b, frames, mode)`` -> frames in [-1, 1] (StyleGAN overrides to walk in W)
+- ``export_modules()``: the modules an export needs to sample (what the app loads)
+- ``state_dict()/load_state_dict()``: full resume state (nets, EMA, optimisers, scaler)
+- translation engines add ``translate(x)`` and, where the model has them, ``attention(x)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Engine(nn.Module):
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "generate"
+    domains: ClassVar[int] = 1
+    #: augmentation pipeline the trainer builds unless the config names another (engines.augment)
+    default_augment: ClassVar[str] = "diffaugment"
+    #: paper settings that differ from the shared protocol, recorded in run.json
+    protocol_notes: ClassVar[str] = ""
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        return {"lr": 2e-4, "betas": [0.5, 0.999]}
+
+    @classmethod
+    def resolve_config(cls, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated with overrides; unknown keys are an error (typos must not pass silently)."""
+        cfg = copy.deepcopy(cls.default_config())
+        for k, v in (overrides or {}).items():
+            if k not in cfg:
+                raise ValueError(
+                    f"engine {cls.name!r} has no setting {k!r}; known: {', '.join(sorted(cfg))}"
+                )
+            cfg[k] = v
+        return cfg
+
+    def __init__(self, config: dict[str, Any] | None = None, image_size: int = 128, *, training: bool = True):
+        super().__init__()
+        self.config = self.resolve_config(config)
+        self.image_size = int(image_size)
+        self.training_mode = training
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        # Set by the trainer (setup()); engines read them in train_step.
+        self.augment = None
+        self.amp_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+
+    # ---- set-up by the trainer -------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def setup(self, device: torch.device, amp: bool = False, augment=None) -> "Engine":
+        """Move to device, choose mixed precision, attach the augmentation pipeline."""
+        self.to(device)
+        if device.type == "cuda":
+            self.to(memory_format=torch.channels_last)
+        self.augment = augment
+        if amp and device.type == "cuda":
+            # bf16 needs no loss scaling; fall back to fp16 + GradScaler on older GPUs.
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        return self
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """zero_grad / backward / step for one optimiser, with loss scaling when fp16."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None and self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    def make_adam(self, params, lr: float | None = None, betas=None) -> torch.optim.Adam:
+        lr = self.config["lr"] if lr is None else lr
+        betas = tuple(self.config["betas"] if betas is None else betas)
+        kwargs = {}
+        if torch.cuda.is_available():
+            kwargs["fused"] = True  # one kernel per step on GPU; CPU keeps the default foreach path
+        try:
+            return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(params, lr=lr, betas=betas)
+
+    def scale_lr(self, factor: float) -> None:
+        """Used by the trainer's NaN guard to retry with a lower learning rate."""
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] *= factor
+
+    def augment_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.augment(x) if self.augment is not None else x
+
+    # ---- the contract ----------------------------------------------------------
+    def train_step(self, batch) -> dict[str, torch.Tensor | float]:
+        raise NotImplementedError
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.config["z_dim"])
+
+    def latent(self, n: int, seed: int | None = 0) -> torch.Tensor:
+        """Latents from a private generator: the same seed gives the same z on every device."""
+        g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        return torch.randn(n, self.z_dim, generator=g).to(self.device)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """z -> images in [-1, 1] with the sampling network (EMA where the engine keeps one)."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def sample(self, z: torch.Tensor | None = None, n: int | None = None, seed: int | None = 0,
+               batch_size: int = 64, **gen_kwargs) -> torch.Tensor:
+        """Images in [-1, 1]; ``gen_kwargs`` go to ``generate`` (e.g. ``truncation_psi`` for StyleGAN2)."""
+        if z is None:
+            if n is None:
+                raise ValueError("sample() needs z or n")
+            z = self.latent(n, seed)
+        was_training = self.training
+        self.eval()
+        try:
+            out = [self.generate(z[i:i + batch_size].to(self.device), **gen_kwargs).float().clamp(-1, 1)
+                   for i in range(0, len(z), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def interpolate(self, seed_a: int, seed_b: int, frames: int = 24, mode: str = "slerp",
+                    **gen_kwargs) -> torch.Tensor:
+        """A latent walk from seed_a to seed_b: ``frames`` images in [-1, 1] (slerp or lerp in z)."""
+        if mode not in ("slerp", "lerp"):
+            raise ValueError(f"interpolation mode must be 'slerp' or 'lerp', not {mode!r}")
+        za, zb = self.latent(1, seed_a), self.latent(1, seed_b)
+        t = torch.linspace(0, 1, frames, device=za.device)
+        z = slerp(za, zb, t) if mode == "slerp" else lerp(za, zb, t)
+        return self.sample(z, **gen_kwargs)
+
+    def export_modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def export_extra(self) -> dict[str, Any]:
+        """Extra JSON-able facts for the export config (e.g. what the app can do with it)."""
+        return {}
+
+    def state_dict_full(self) -> dict[str, Any]:
+        return {
+            "modules": self.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "augment": self.augment.state_dict() if hasattr(self.augment, "state_dict") else None,
+        }
+
+    def load_state_dict_full(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["modules"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        if state.get("scaler") and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("augment") and hasattr(self.augment, "load_state_dict"):
+            self.augment.load_state_dict(state["augment"])
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    t = t.view(-1, *([1] * (a.dim() - 1)))
+    return a + (b - a) * t
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between latents (rows of a and b), for Gaussian z."""
+    a2, b2 = a.flatten(1), b.flatten(1)
+    an = a2 / a2.norm(dim=1, keepdim=True)
+    bn = b2 / b2.norm(dim=1, keepdim=True)
+    omega = torch.acos((an * bn).sum(1).clamp(-1 + 1e-7, 1 - 1e-7))  # [B]
+    t = t.view(-1, 1)
+    so = torch.sin(omega)
+    if float(so.abs().min()) < 1e-6:
+        return lerp(a, b, t.view(-1))
+    out = (torch.sin((1 - t) * omega) / so).unsqueeze(-1) * a2.unsqueeze(0) + \
+          (torch.sin(t * omega) / so).unsqueeze(-1) * b2.unsqueeze(0)
+    # [T, B, D] -> [T*B, ...]
+    return out.reshape(-1, *a.shape[1:])
+
+
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """Exponential moving average of parameters; buffers (BN stats) are copied."""
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm.detach(), 1 - decay)
+        for be, bm in zip(ema.buffers(), model.buffers()):
+            be.copy_(bm)
+
+
+def init_dcgan_weights(m: nn.Module) -> None:
+    """N(0, 0.02) convs, N(1, 0.02) norm scales (Radford et al.)."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def n_upsamplings(image_size: int, base: int = 4) -> int:
+    """How many x2 steps from a base x base map to image_size (image_size must be base * 2^k)."""
+    k = math.log2(image_size / base)
+    if image_size < base * 2 or k != int(k):
+        raise ValueError(f"image size {image_size} must be {base} x a power of two (e.g. 32, 64, 128, 256)")
+    return int(k)

@@ -1,0 +1,197 @@
+"""``pokelab`` command line: train, sample, interpolate, gif, data, eval, engines."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+def _train(args) -> int:
+    from .config import TrainConfig, apply_overrides
+    from .trainer import Trainer
+
+    if args.resume:
+        t = Trainer.resume(args.resume, epochs=args.epochs, progress=args.progress)
+        print(f"resuming {t.run_dir} at epoch {t.epoch}/{t.cfg.epochs}")
+    else:
+        if not args.engine:
+            raise ValueError("pokelab train needs an ENGINE (or --resume RUN_DIR); see `pokelab engines`")
+        from .registry import get_engine
+
+        cls = get_engine(args.engine)  # unknown engine: clear error before touching the data
+        cfg = TrainConfig()
+        for name in ("epochs", "batch_size", "image_size", "seed"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
+        apply_overrides(cfg, args.set or [])
+        cls.resolve_config(cfg.engine)  # validate engine keys now
+        data = _load_training_data(cls, args, cfg)
+        t = Trainer(args.engine, data, args.runs, cfg, progress=args.progress)
+        print(f"run directory: {t.run_dir}")
+    run_dir = t.fit()
+    from .runs import read_info
+
+    status = read_info(run_dir)["status"]
+    print(f"{status}: {run_dir}")
+    return 0 if status == "finished" else 130 if status == "interrupted" else 1
+
+
+def _load_training_data(cls, args, cfg):
+    from .data import load_dataset
+
+    if cls.domains == 2:
+        if not (args.source and args.target):
+            raise ValueError(f"engine {cls.name!r} translates between two domains: give --source DIR_A --target DIR_B")
+        return (load_dataset(args.source, size=cfg.image_size, background=cfg.background),
+                load_dataset(args.target, size=cfg.image_size, background=cfg.background))
+    if not args.data:
+        raise ValueError("give the training images with --data FOLDER_OR_PREPARED")
+    return load_dataset(args.data, size=cfg.image_size, background=cfg.background)
+
+
+def _device(name: str):
+    from .trainer import pick_device
+
+    return pick_device(name)
+
+
+def _sample(args) -> int:
+    from .export import load_export
+    from .images import save_grid
+
+    if not 1 <= args.n <= 4096:
+        raise ValueError("--n must be between 1 and 4096")
+    engine = load_export(args.target, device=_device(args.device))
+    kw = {"truncation_psi": args.truncation} if args.truncation is not None else {}
+    imgs = engine.sample(n=args.n, seed=args.seed, **kw)
+    save_grid(imgs, args.out)
+    print(f"wrote {args.n} samples ({engine.name}, {engine.image_size} px) to {args.out}")
+    return 0
+
+
+def _interpolate(args) -> int:
+    import torch
+
+    from .export import load_export
+    from .images import save_gif, to_pil_list
+
+    if len(args.seeds) < 2:
+        raise ValueError("--seeds needs at least two seeds")
+    if not 2 <= args.frames <= 512:
+        raise ValueError("--frames must be between 2 and 512")
+    engine = load_export(args.target, device=_device(args.device))
+    kw = {"truncation_psi": args.truncation} if args.truncation is not None else {}
+    legs = [engine.interpolate(a, b, frames=args.frames, mode=args.mode, **kw)
+            for a, b in zip(args.seeds[:-1], args.seeds[1:])]
+    frames = torch.cat([leg if i == 0 else leg[1:] for i, leg in enumerate(legs)])
+    save_gif(to_pil_list(frames), args.out, fps=args.fps, boomerang=len(args.seeds) == 2)
+    print(f"wrote {len(frames)} frames to {args.out}")
+    return 0
+
+
+def _gif(args) -> int:
+    from .timeline import write_timeline_gif
+
+    out = write_timeline_gif(args.run, args.out, fps=args.fps, label=not args.no_label, max_size=args.max_size)
+    print(f"wrote {out}")
+    return 0
+
+
+def _engines(args) -> int:
+    from .registry import get_engine, list_engines
+
+    for name in list_engines():
+        cls = get_engine(name)
+        print(f"{name:14s} {cls.kind:9s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pokelab", description="Train, sample and judge generative models on small image sets.")
+    p.add_argument("--version", action="version", version=f"pokelab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train an engine (or --resume a run)")
+    t.add_argument("engine", nargs="?", help="engine name (see `pokelab engines`)")
+    t.add_argument("--data", help="image folder, .zip/.tar(.gz) or prepared dataset folder")
+    t.add_argument("--source", help="translation engines: domain A images")
+    t.add_argument("--target", help="translation engines: domain B images")
+    t.add_argument("--runs", default="runs", help="where run directories are created (default: ./runs)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a trainer or engine setting, e.g. --set lr=1e-4 --set eval_every=0")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on a terminal)")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="a grid of samples from an export or run")
+    s.add_argument("target", help="export folder or run folder")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--truncation", type=float, help="truncation psi (engines that support it)")
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_sample)
+
+    i = sub.add_parser("interpolate", help="a latent walk between seeds as an animated GIF")
+    i.add_argument("target", help="export folder or run folder")
+    i.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    i.add_argument("--frames", type=int, default=24, help="frames per leg")
+    i.add_argument("--mode", choices=["slerp", "lerp"], default="slerp")
+    i.add_argument("--truncation", type=float)
+    i.add_argument("--fps", type=float, default=12)
+    i.add_argument("--out", default="walk.gif")
+    i.add_argument("--device", default="auto")
+    i.set_defaults(func=_interpolate)
+
+    g = sub.add_parser("gif", help="the sample-grid timeline of a run as an animated GIF")
+    g.add_argument("run", help="run folder")
+    g.add_argument("--out", help="default: RUN/progress.gif")
+    g.add_argument("--fps", type=float, default=4)
+    g.add_argument("--max-size", type=int, default=768, help="longest side of the frames in pixels")
+    g.add_argument("--no-label", action="store_true", help="do not stamp the epoch on each frame")
+    g.set_defaults(func=_gif)
+
+    e = sub.add_parser("engines", help="list the available engines")
+    e.set_defaults(func=_engines)
+
+    from .data import add_data_commands
+
+    add_data_commands(sub)
+    try:
+        from .metrics.cli import add_eval_command
+    except ImportError:
+        pass
+    else:
+        add_eval_command(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .errors import USER_ERRORS
+
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        print(f"pokelab {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The shared experiment protocol as a config, and ``--set key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    # shared protocol (DESIGN.md): 128 px, batch 64, 1000 epochs, grids every 10, FID every 10
+    image_size: int = 128
+    batch_size: int = 64
+    epochs: int = 1000
+    seed: int = 0
+    sample_every: int = 10
+    eval_every: int = 10          # 0 disables evaluation during training
+    eval_n: int = 2000            # generated samples per evaluation
+    eval_metrics: str = "fid,kid,ms_ssim"
+    checkpoint_every: int = 1     # epochs; also on SIGINT/SIGTERM and at the end
+    grid_n: int = 64              # images in the fixed-latent sample grid
+    augment: str | None = None    # None: the engine's default (DiffAugment; ADA for StyleGAN2)
+    augment_options: dict[str, Any] = field(default_factory=lambda: {"policy": "color,translation,cutout"})
+    amp: bool = True              # mixed precision on CUDA (bf16, or fp16 + loss scaling)
+    device: str = "auto"          # auto | cpu | cuda | cuda:N | mps
+    background: str = "white"     # alpha flattening when the data is prepared on the fly
+    nan_policy: str = "rollback"  # rollback (to the last checkpoint with a lower lr) | stop
+    nan_lr_factor: float = 0.5
+    max_nan_rollbacks: int = 3
+    engine: dict[str, Any] = field(default_factory=dict)  # engine overrides (see the engine's default_config)
+
+    def validate(self) -> "TrainConfig":
+        for name in ("image_size", "batch_size", "epochs", "grid_n"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("sample_every", "eval_every", "checkpoint_every", "eval_n"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.nan_policy not in ("rollback", "stop"):
+            raise ValueError("nan_policy must be 'rollback' or 'stop'")
+        if not 0 < self.nan_lr_factor <= 1:
+            raise ValueError("nan_lr_factor must be in (0, 1]")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_value(text: str) -> Any:
+    """'1e-4' -> 1e-4, 'true' -> True, '[0.5, 0.99]' -> list, 'null' -> None, else the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def apply_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
+    """``key=value`` pairs: trainer fields by name; ``engine.k`` / ``augment_options.k`` for those dicts;
+    any other bare key goes to the engine (validated later against the engine's defaults)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key, value = key.strip(), parse_value(raw)
+        if "." in key:
+            head, sub = key.split(".", 1)
+            if head not in ("engine", "augment_options"):
+                raise ValueError(f"unknown setting {key!r}")
+            getattr(cfg, head)[sub] = value
+        elif key in fields and key not in ("engine", "augment_options"):
+            current = getattr(cfg, key)
+            if isinstance(current, bool) and not isinstance(value, bool):
+                raise ValueError(f"{key} expects true/false")
+            if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) \
+                    and value.is_integer():
+                value = int(value)
+            setattr(cfg, key, value)
+        else:
+            cfg.engine[key] = value
+    return cfg

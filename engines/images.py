@@ -1,0 +1,76 @@
+"""Image tensor helpers shared by the trainer, CLI, metrics and app: [-1, 1] floats <-> uint8, grids, GIFs."""
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .runs import atomic_write_bytes
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float NCHW -> uint8 NCHW (round to nearest, like torchvision's save_image)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> [-1, 1] float NCHW."""
+    return x.float() / 127.5 - 1.0
+
+
+def grid_array(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+    """uint8 or [-1,1] NCHW -> one HxWx3 uint8 grid (nrow images per row, default square-ish)."""
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    images = images.cpu()
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, 3), pad_value, np.uint8)
+    arr = images.permute(0, 2, 3, 1).numpy()
+    if c == 1:
+        arr = np.repeat(arr, 3, axis=3)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y:y + h, x:x + w] = arr[i, :, :, :3]
+    return grid
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
+    """Lossless PNG grid, written atomically."""
+    path = Path(path)
+    atomic_write_bytes(path, png_bytes(grid_array(images, nrow)))
+    return path
+
+
+def to_pil_list(images: torch.Tensor) -> list[Image.Image]:
+    arr = (images if images.dtype == torch.uint8 else to_uint8(images)).cpu().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a[:, :, :3] if a.shape[2] >= 3 else a[:, :, 0]) for a in arr]
+
+
+def save_gif(frames: list[Image.Image] | list[np.ndarray], path: str | os.PathLike, fps: float = 8.0,
+             loop: int = 0, boomerang: bool = False) -> Path:
+    """Animated GIF written atomically. ``boomerang`` plays forward then back (for latent walks)."""
+    frames = [f if isinstance(f, Image.Image) else Image.fromarray(f) for f in frames]
+    if not frames:
+        raise ValueError("no frames to write")
+    if boomerang and len(frames) > 2:
+        frames = frames + frames[-2:0:-1]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=max(20, int(1000 / fps)), loop=loop, optimize=False)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

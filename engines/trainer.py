@@ -1,0 +1,492 @@
+"""The generic trainer: everything common to all engines (docs/training.md).
+
+Epochs over a preloaded uint8 tensor (on the GPU when there is one), augmentation, mixed precision,
+per-epoch logging with a single host sync, fixed-latent sample grids, metric cadence, atomic
+checkpoints, exact resume (also after kill -9), SIGINT/SIGTERM, a NaN guard and a progress bar.
+
+Multi-GPU readiness: every file write goes through ``self.is_main``; batches come from
+``epoch_indices`` which shards each epoch's permutation by rank. Gradient synchronisation (DDP
+wrapping of the engines' nets) is not implemented yet, so a multi-process launch is refused.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .augment import build_augment
+from .config import TrainConfig
+from .export import save_export
+from .images import from_uint8, save_grid
+from .registry import get_engine
+from .runs import (RunWriter, atomic_write_bytes, checkpoint_path, export_dir, make_run_id, read_info,
+                   sample_path)
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("device 'cuda' was asked for but CUDA is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def epoch_indices(n: int, seed: int, epoch: int, batch_size: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """This rank's batches for one epoch: a permutation derived from (seed, epoch) alone, so a resumed
+    run sees exactly the batches it would have seen; incomplete last batches are dropped."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    perm = torch.randperm(n, generator=g)[rank::world]
+    nb = len(perm) // batch_size
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(nb)]
+
+
+def _rng_state() -> dict[str, Any]:
+    st = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
+                  "has_gauss": int(st[3]), "cached": float(st[4])},
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    py = s["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    v = {"pokelab": __version__, "python": platform.python_version(), "torch": torch.__version__,
+         "numpy": np.__version__}
+    try:
+        import torchvision
+
+        v["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return v
+
+
+class Trainer:
+    """``Trainer(engine_name, dataset, runs_dir, config).fit()`` or ``Trainer.resume(run_dir).fit()``.
+
+    ``dataset`` is a PreparedDataset (engines.data) or anything with ``images`` (uint8 NCHW), ``key``,
+    ``name``, ``source``; translation engines (domains == 2) take a pair ``(source_set, target_set)``.
+    """
+
+    def __init__(self, engine_name: str, dataset, runs_dir: str | os.PathLike | None, config: TrainConfig,
+                 run_dir: str | os.PathLike | None = None, progress: bool | None = None):
+        self.cfg = config.validate()
+        self.engine_cls = get_engine(engine_name)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        if self.world > 1:
+            raise TrainingError("multi-GPU training is not supported yet: launch a single process "
+                                "(the trainer is shaped for it: rank-0 I/O and sharded epochs)")
+        self.is_main = self.rank == 0
+        self.device = pick_device(self.cfg.device)
+        self.progress = progress
+        torch.manual_seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed % 2**32)
+        random.seed(self.cfg.seed)
+
+        self.datasets = list(dataset) if isinstance(dataset, (tuple, list)) else [dataset]
+        if len(self.datasets) != self.engine_cls.domains:
+            raise TrainingError(f"engine {engine_name!r} needs {self.engine_cls.domains} dataset(s), "
+                                f"got {len(self.datasets)}")
+        for ds in self.datasets:
+            if ds.images.dtype != torch.uint8 or ds.images.dim() != 4:
+                raise TrainingError("a dataset must be a uint8 tensor [N, C, H, W]")
+            if ds.images.shape[-1] != self.cfg.image_size or ds.images.shape[-2] != self.cfg.image_size:
+                raise TrainingError(f"dataset {ds.name!r} holds {ds.images.shape[-1]} px images but the run asks "
+                                    f"for image_size={self.cfg.image_size}; prepare it at that size")
+            if len(ds.images) < self.cfg.batch_size:
+                raise TrainingError(f"dataset {ds.name!r} has {len(ds.images)} images, fewer than one batch "
+                                    f"({self.cfg.batch_size}); lower --batch-size")
+        # preload once on the device; batches are gathered from it, no DataLoader workers needed
+        self.images = [ds.images.to(self.device) for ds in self.datasets]
+
+        self.engine = self.engine_cls(self.cfg.engine, self.cfg.image_size, training=True)
+        self.cfg.engine = dict(self.engine.config)  # record the fully resolved engine config
+        aug_name = self.cfg.augment or self.engine_cls.default_augment
+        augment = build_augment(aug_name, **(self.cfg.augment_options or {}))
+        self.engine.setup(self.device, amp=self.cfg.amp, augment=augment)
+
+        self.epoch = 0               # last completed epoch
+        self.step = 0
+        self.batch_in_epoch = 0      # > 0 only when resuming a run stopped mid-epoch
+        self.accum: dict[str, list] = {}
+        self.nan_rollbacks = 0
+        self.wall_seconds = 0.0
+        self._stop = threading.Event()
+
+        if run_dir is None:
+            if runs_dir is None:
+                raise TrainingError("runs_dir or run_dir is required")
+            run_dir = Path(runs_dir) / make_run_id(engine_name, self.datasets[-1].name)
+        self.run_dir = Path(run_dir)
+        self.writer = RunWriter(self.run_dir) if self.is_main else None
+
+    # ---- creation and resume ------------------------------------------------------------
+    def _run_info(self) -> dict[str, Any]:
+        dev = str(self.device)
+        if self.device.type == "cuda":
+            dev += f" ({torch.cuda.get_device_name(self.device)})"
+        return {
+            "run_id": self.run_dir.name,
+            "engine": self.engine_cls.name,
+            "kind": self.engine_cls.kind,
+            "status": "running",
+            "config": self.cfg.to_dict(),
+            "protocol_notes": self.engine_cls.protocol_notes,
+            "dataset": [self._dataset_info(d) for d in self.datasets] if len(self.datasets) > 1
+            else self._dataset_info(self.datasets[0]),
+            "versions": _versions(),
+            "git_commit": _git_commit(),
+            "device": dev,
+            "amp": str(self.engine.amp_dtype).replace("torch.", "") if self.engine.amp_dtype else None,
+            "command": " ".join(sys.argv),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "epoch": 0, "step": 0, "wall_seconds": 0.0,
+        }
+
+    @staticmethod
+    def _dataset_info(ds) -> dict[str, Any]:
+        return {"name": ds.name, "key": ds.key, "count": int(len(ds.images)), "size": int(ds.images.shape[-1]),
+                "source": str(getattr(ds, "source", "")), "background": getattr(ds, "background", None),
+                "skipped": len(getattr(ds, "skipped", []) or [])}
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, dataset=None, epochs: int | None = None,
+               progress: bool | None = None) -> "Trainer":
+        """Continue a run exactly where its last checkpoint left it. ``dataset`` defaults to the
+        recorded source, which must still have the same content key."""
+        run_dir = Path(run_dir)
+        info = read_info(run_dir)
+        ck = checkpoint_path(run_dir)
+        if not ck.is_file():
+            raise TrainingError(f"{run_dir} has no checkpoint to resume from ({ck} is missing)")
+        cfg = TrainConfig.from_dict(info["config"])
+        if epochs is not None:
+            cfg.epochs = int(epochs)
+        ds_infos = info["dataset"] if isinstance(info["dataset"], list) else [info["dataset"]]
+        if dataset is None:
+            from .data import load_dataset
+
+            dataset = [load_dataset(d["source"], size=d["size"], background=d.get("background") or cfg.background)
+                       for d in ds_infos]
+        datasets = list(dataset) if isinstance(dataset, (tuple, list)) else [dataset]
+        for want, got in zip(ds_infos, datasets):
+            if want["key"] != got.key:
+                raise TrainingError(f"dataset {want['name']!r} changed since the run started "
+                                    f"(content key {want['key']} -> {got.key}); resume needs the same images")
+        t = cls(info["engine"], datasets if len(datasets) > 1 else datasets[0], None, cfg, run_dir=run_dir,
+                progress=progress)
+        t._load_checkpoint(ck)
+        if t.writer:
+            dropped = t.writer.truncate_after(t.epoch)
+            t.writer.update_info(status="running", config=t.cfg.to_dict())
+            t.writer.log("event", t.epoch, t.step, event="resumed",
+                         message=f"resumed at epoch {t.epoch} step {t.step}; dropped {dropped} later log lines")
+            t.writer.append_log(f"resumed at epoch {t.epoch}, step {t.step}")
+        t._resumed = True
+        return t
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "engine": self.engine.state_dict_full(),
+            "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+            "accum": {k: [v[0].detach().cpu(), int(v[1])] for k, v in self.accum.items()},
+            "rng": _rng_state(),
+            "nan_rollbacks": self.nan_rollbacks,
+            "wall_seconds": self.wall_seconds,
+        }
+
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        buf = io.BytesIO()
+        torch.save(self._checkpoint_state(), buf)
+        atomic_write_bytes(checkpoint_path(self.run_dir), buf.getvalue())
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise TrainingError(f"{path}: unreadable checkpoint ({e})") from e
+        self.engine.load_state_dict_full(st["engine"])
+        self.epoch, self.step = int(st["epoch"]), int(st["step"])
+        self.batch_in_epoch = int(st.get("batch_in_epoch", 0))
+        self.accum = {k: [v[0].to(self.device), int(v[1])] for k, v in st.get("accum", {}).items()}
+        self.nan_rollbacks = int(st.get("nan_rollbacks", 0))
+        self.wall_seconds = float(st.get("wall_seconds", 0.0))
+        rng = st["rng"]
+        rng["torch"] = rng["torch"].cpu()
+        rng["cuda"] = [s.cpu() for s in rng.get("cuda", [])]
+        rng["numpy"]["keys"] = rng["numpy"]["keys"].cpu()
+        _set_rng_state(rng)
+
+    # ---- signals ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the current step, checkpoint, mark the run interrupted (SIGINT/SIGTERM do this)."""
+        self._stop.set()
+
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum, frame):
+            if self._stop.is_set():  # second Ctrl-C: give up immediately
+                raise KeyboardInterrupt
+            self._stop.set()
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handler)
+        return old
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _batch(self, domain: int, idx: torch.Tensor) -> torch.Tensor:
+        x = from_uint8(self.images[domain][idx.to(self.images[domain].device)])
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _steps_per_epoch(self) -> int:
+        return len(epoch_indices(len(self.images[-1]), self.cfg.seed, 1, self.cfg.batch_size, self.rank, self.world))
+
+    def _epoch_batches(self, epoch: int):
+        """Index batches for each domain; translation domains get independent permutations (unpaired)."""
+        per_domain = [epoch_indices(len(im), self.cfg.seed + 7919 * d, epoch, self.cfg.batch_size,
+                                    self.rank, self.world) for d, im in enumerate(self.images)]
+        n = min(len(b) for b in per_domain)
+        return [tuple(b[i] for b in per_domain) for i in range(n)]
+
+    def fit(self) -> Path:
+        cfg = self.cfg
+        if self.writer and not getattr(self, "_resumed", False):
+            self.writer.write_info(self._run_info())
+            self.writer.append_log(f"run {self.run_dir.name}: engine {self.engine_cls.name} on {self.device}, "
+                                   f"{len(self.images[-1])} images at {cfg.image_size} px")
+            self.save_checkpoint()  # epoch 0: the NaN guard can always roll back to something
+        old_handlers = self._install_signals()
+        spe = self._steps_per_epoch()
+        bar = tqdm(total=cfg.epochs * spe, initial=min(self.step, cfg.epochs * spe), unit="step",
+                   dynamic_ncols=True, desc=self.engine_cls.name,
+                   # None: tqdm shows the bar on a terminal only; log.txt has the same figures
+                   disable=True if not self.is_main else (None if self.progress is None else not self.progress))
+        status = "running"
+        try:
+            while self.epoch < cfg.epochs:
+                epoch = self.epoch + 1
+                t0 = time.perf_counter()
+                batches = self._epoch_batches(epoch)
+                start = self.batch_in_epoch
+                images_seen = 0
+                for bi in range(start, len(batches)):
+                    batch = [self._batch(d, idx) for d, idx in enumerate(batches[bi])]
+                    out = self.engine.train_step(batch[0] if len(batch) == 1 else tuple(batch))
+                    for k, v in out.items():  # accumulate on device: no host sync per step
+                        v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=self.device)
+                        if k in self.accum:
+                            self.accum[k][0] = self.accum[k][0] + v
+                            self.accum[k][1] += 1
+                        else:
+                            self.accum[k] = [v, 1]
+                    self.step += 1
+                    images_seen += batch[0].shape[0]
+                    self.batch_in_epoch = bi + 1
+                    bar.update(1)
+                    if self._stop.is_set():
+                        break
+                if self._stop.is_set() and self.batch_in_epoch < len(batches):
+                    self.wall_seconds += time.perf_counter() - t0
+                    status = "interrupted"
+                    break
+                train_seconds = time.perf_counter() - t0
+                self.wall_seconds += train_seconds
+                scalars = {k: (v[0] / v[1]).item() for k, v in self.accum.items()}  # the epoch's one sync
+                bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+                if bad:
+                    self._handle_nan(epoch, bad)
+                    continue
+                self.epoch, self.batch_in_epoch, self.accum = epoch, 0, {}
+                scalars["img_per_s"] = images_seen / max(train_seconds, 1e-9)
+                scalars["epoch_seconds"] = train_seconds
+                scalars["augment_p"] = float(getattr(self.engine.augment, "p", 0.0))
+                scalars["lr"] = next(iter(self.engine.optimizers.values())).param_groups[0]["lr"]
+                self._end_of_epoch(epoch, scalars)
+                bar.set_postfix({k.split("/")[-1] if k.startswith("loss/") else k: f"{scalars[k]:.3g}"
+                                 for k in ("loss/D", "loss/G", "img_per_s") if k in scalars})
+                if self._stop.is_set():
+                    status = "interrupted"
+                    break
+            else:
+                status = "finished"
+        except TrainingError:
+            status = "failed"
+            raise
+        except KeyboardInterrupt:
+            # a second Ctrl-C may land inside a step: keep the last consistent checkpoint instead
+            status = "aborted"
+            raise
+        except BaseException as e:
+            status = "failed"
+            if self.writer:
+                self.writer.log("event", self.epoch, self.step, event="error", message=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            self._finish(status)
+        return self.run_dir
+
+    def _end_of_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
+        cfg = self.cfg
+        last = epoch == cfg.epochs
+        if self.writer:
+            self.writer.log("train", epoch, self.step, **scalars)
+            self.writer.append_log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        if cfg.sample_every and (epoch % cfg.sample_every == 0 or last):
+            self.save_samples(epoch)
+            self.export()
+        if cfg.eval_every and (epoch % cfg.eval_every == 0 or last) and self.is_main:
+            self.evaluate(epoch)
+        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or last):
+            self.save_checkpoint()
+        if self.writer:
+            self.writer.update_info(epoch=epoch, step=self.step, wall_seconds=round(self.wall_seconds, 2),
+                                    nan_rollbacks=self.nan_rollbacks)
+
+    def _handle_nan(self, epoch: int, keys: list[str]) -> None:
+        msg = f"non-finite loss at epoch {epoch} ({', '.join(keys)})"
+        if self.cfg.nan_policy == "stop" or self.nan_rollbacks >= self.cfg.max_nan_rollbacks:
+            if self.writer:
+                self.writer.log("event", epoch, self.step, event="nan_stop", message=msg)
+            raise TrainingError(msg + ("; stopping (nan_policy=stop)" if self.cfg.nan_policy == "stop" else
+                                       f"; still diverging after {self.nan_rollbacks} rollbacks with a lower "
+                                       f"learning rate — lower lr (--set lr=...) or check the data"))
+        rollbacks = self.nan_rollbacks + 1
+        self._load_checkpoint(checkpoint_path(self.run_dir))
+        self.nan_rollbacks = rollbacks
+        self.engine.scale_lr(self.cfg.nan_lr_factor)
+        lr = next(iter(self.engine.optimizers.values())).param_groups[0]["lr"]
+        text = f"{msg}; rolled back to epoch {self.epoch} with lr x{self.cfg.nan_lr_factor} (now {lr:.3g})"
+        if self.writer:
+            self.writer.truncate_after(self.epoch)
+            self.writer.log("event", self.epoch, self.step, event="nan_rollback", message=text)
+            self.writer.append_log(text)
+        tqdm.write(f"warning: {text}")
+        self.save_checkpoint()  # the lowered lr and rollback count survive a crash
+
+    def save_samples(self, epoch: int) -> None:
+        if not self.is_main:
+            return
+        grid_seed = self.cfg.seed  # fixed latents: the same z at every epoch
+        if self.engine_cls.kind == "translate":
+            grid = self.engine.sample_grid(self.images[0][: min(8, len(self.images[0]))])
+            save_grid(grid["images"], sample_path(self.run_dir, epoch), nrow=grid.get("nrow"))
+            return
+        imgs = self.engine.sample(n=self.cfg.grid_n, seed=grid_seed)
+        save_grid(imgs, sample_path(self.run_dir, epoch))
+        extra = getattr(self.engine, "extra_grids", None)
+        if extra is not None:
+            real = from_uint8(self.images[0][: min(16, len(self.images[0]))])
+            with torch.inference_mode():
+                for name, t in extra(real).items():
+                    save_grid(t, self.run_dir / "samples" / f"{name}_epoch_{epoch:06d}.png", nrow=8)
+
+    def export(self) -> None:
+        if not self.is_main:
+            return
+        save_export(self.engine, export_dir(self.run_dir), trained={
+            "run_id": self.run_dir.name, "epochs": self.epoch, "steps": self.step,
+            "dataset": self._dataset_info(self.datasets[-1]), "image_size": self.cfg.image_size,
+            "batch_size": self.cfg.batch_size, "device": str(self.device),
+        })
+
+    def evaluate(self, epoch: int) -> dict[str, float] | None:
+        """FID/KID/MS-SSIM on the cadence; a failing evaluation is logged, never kills the run."""
+        try:
+            from .metrics import evaluate_generator
+        except ImportError as e:
+            self.writer.log("event", epoch, self.step, event="eval_skipped", message=f"metrics unavailable: {e}")
+            return None
+        t0 = time.perf_counter()
+        metrics = tuple(m.strip() for m in self.cfg.eval_metrics.split(",") if m.strip())
+        try:
+            # evaluation must not consume the training RNG stream (resume stays exact)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                res = evaluate_generator(lambda k, s: self.engine.sample(n=k, seed=s), self.datasets[-1],
+                                         n=self.cfg.eval_n, metrics=metrics, device=self.device,
+                                         seed=self.cfg.seed + 1_000_000)
+        except Exception as e:  # noqa: BLE001 — report, keep training
+            self.writer.log("event", epoch, self.step, event="eval_failed", message=f"{type(e).__name__}: {e}")
+            tqdm.write(f"warning: evaluation failed at epoch {epoch}: {e}")
+            return None
+        res = dict(res)
+        res.setdefault("eval_seconds", time.perf_counter() - t0)
+        self.writer.log("eval", epoch, self.step, **res)
+        self.writer.append_log(f"eval epoch {epoch}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
+        return res
+
+    def _finish(self, status: str) -> None:
+        if status == "interrupted":
+            self.save_checkpoint()
+            self.export()
+            if self.writer:
+                self.writer.log("event", self.epoch, self.step, event="interrupted",
+                                message=f"stopped at epoch {self.epoch} (+{self.batch_in_epoch} batches); "
+                                        f"resume with: pokelab train --resume {self.run_dir}")
+        elif status == "finished":
+            self.export()
+        if status == "aborted":
+            status = "interrupted"
+        if self.writer:
+            self.writer.update_info(status=status, epoch=self.epoch, step=self.step,
+                                    wall_seconds=round(self.wall_seconds, 2))
+            self.writer.append_log(f"status: {status}")

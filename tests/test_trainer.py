@@ -1,0 +1,193 @@
+import json
+import math
+
+import pytest
+import torch
+
+from engines.config import TrainConfig, apply_overrides
+from engines.export import load_export
+from engines.runs import checkpoint_path, list_samples, read_info, read_metrics
+from engines.trainer import Trainer, TrainingError, epoch_indices
+
+TINY = {"g_width": 8, "d_width": 8, "z_dim": 16}
+
+
+def cfg(**kw):
+    base = dict(image_size=32, batch_size=8, epochs=4, sample_every=2, eval_every=0, grid_n=9, engine=dict(TINY))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def params(engine):
+    return {k: v.clone() for k, v in engine.state_dict().items()}
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("engine", ["dcgan", "wgan_gp"])
+def test_run_directory_contents(tmp_path, tiny_dataset, engine):
+    t = Trainer(engine, tiny_dataset, tmp_path, cfg(), progress=False)
+    run = t.fit()
+    info = read_info(run)
+    assert info["status"] == "finished" and info["engine"] == engine
+    assert info["epoch"] == 4 and info["step"] == 4 * 5  # 40 images / batch 8
+    assert info["dataset"]["key"] == "tiny-key" and info["dataset"]["count"] == 40
+    assert info["config"]["engine"]["g_width"] == 8 and "versions" in info
+    m = read_metrics(run)
+    assert [r["epoch"] for r in m.train] == [1, 2, 3, 4] and not m.warnings
+    for rec in m.train:
+        for k in ("loss/D", "loss/G", "acc/D_real", "acc/D_fake", "img_per_s"):
+            assert math.isfinite(rec[k]), k
+        assert 0 <= rec["acc/D_real"] <= 1 and 0 <= rec["acc/D_fake"] <= 1
+    assert [e for e, _ in list_samples(run)] == [2, 4]
+    assert checkpoint_path(run).is_file()
+    # the export reproduces the trained sampler exactly
+    exported = load_export(run)
+    assert torch.equal(exported.sample(n=4, seed=3), t.engine.sample(n=4, seed=3))
+    assert (run / "log.txt").read_text().count("epoch ") >= 4
+
+
+def test_epoch_indices_depend_only_on_seed_and_epoch():
+    a = epoch_indices(50, seed=1, epoch=3, batch_size=8)
+    b = epoch_indices(50, seed=1, epoch=3, batch_size=8)
+    c = epoch_indices(50, seed=1, epoch=4, batch_size=8)
+    assert len(a) == 6 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(torch.cat(a), torch.cat(c))
+    # shards of two ranks are disjoint and cover what one rank would see
+    r0 = torch.cat(epoch_indices(48, 1, 3, 4, rank=0, world=2))
+    r1 = torch.cat(epoch_indices(48, 1, 3, 4, rank=1, world=2))
+    assert not set(r0.tolist()) & set(r1.tolist())
+
+
+class Killed(Exception):
+    """Stands in for kill -9: the process dies mid-step, nothing gets saved."""
+
+
+@pytest.mark.parametrize("engine", ["dcgan", "wgan_gp"])
+def test_resume_after_kill_is_bit_identical(tmp_path, tiny_dataset, engine):
+    torch.manual_seed(0)
+    ref = Trainer(engine, tiny_dataset, tmp_path / "ref", cfg(seed=5), progress=False)
+    ref.fit()
+    ref_lines = read_metrics(ref.run_dir).train
+
+    t = Trainer(engine, tiny_dataset, tmp_path / "cut", cfg(seed=5), progress=False)
+    real_step, calls = t.engine.train_step, {"n": 0}
+
+    def dying_step(batch):
+        calls["n"] += 1
+        if calls["n"] == 13:  # mid epoch 3 (5 steps per epoch)
+            raise Killed()
+        return real_step(batch)
+
+    t.engine.train_step = dying_step
+    with pytest.raises(Killed):
+        t.fit()
+    with open(t.run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "epo')  # a torn line, as a kill -9 can leave
+    resumed = Trainer.resume(t.run_dir, dataset=tiny_dataset, progress=False)
+    assert resumed.epoch == 2 and resumed.step == 10
+    resumed.fit()
+
+    assert_same_state(params(ref.engine), params(resumed.engine))
+    for name in ref.engine.optimizers:
+        sa, sb = ref.engine.optimizers[name].state_dict(), resumed.engine.optimizers[name].state_dict()
+        for pid in sa["state"]:
+            for k, v in sa["state"][pid].items():
+                assert torch.equal(v, sb["state"][pid][k])
+    got = read_metrics(resumed.run_dir)
+    assert [r["epoch"] for r in got.train] == [1, 2, 3, 4] and not got.warnings
+    for a, b in zip(ref_lines, got.train):
+        assert a["loss/D"] == b["loss/D"] and a["loss/G"] == b["loss/G"]
+    assert any(e.get("event") == "resumed" for e in got.events)
+    assert read_info(resumed.run_dir)["status"] == "finished"
+
+
+def test_stop_request_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, tiny_dataset):
+    ref = Trainer("dcgan", tiny_dataset, tmp_path / "ref", cfg(), progress=False)
+    ref.fit()
+    t = Trainer("dcgan", tiny_dataset, tmp_path / "int", cfg(), progress=False)
+    real_step, calls = t.engine.train_step, {"n": 0}
+
+    def step(batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # SIGINT arrives during epoch 2, batch 2
+            t.request_stop()
+        return real_step(batch)
+
+    t.engine.train_step = step
+    t.fit()
+    info = read_info(t.run_dir)
+    assert info["status"] == "interrupted"
+    ck = torch.load(checkpoint_path(t.run_dir), weights_only=True)
+    assert (ck["epoch"], ck["batch_in_epoch"], ck["step"]) == (1, 2, 7)
+    assert any(e.get("event") == "interrupted" for e in read_metrics(t.run_dir).events)
+    r = Trainer.resume(t.run_dir, dataset=tiny_dataset, progress=False)
+    r.fit()
+    assert_same_state(params(ref.engine), params(r.engine))
+    a, b = read_metrics(ref.run_dir).train, read_metrics(r.run_dir).train
+    assert [x["loss/D"] for x in a] == [x["loss/D"] for x in b]
+
+
+def test_nan_guard_rolls_back_with_lower_lr(tmp_path, tiny_dataset):
+    t = Trainer("dcgan", tiny_dataset, tmp_path, cfg(epochs=3), progress=False)
+    real_step, calls = t.engine.train_step, {"n": 0}
+
+    def step(batch):
+        calls["n"] += 1
+        out = real_step(batch)
+        if calls["n"] == 8:  # once, in epoch 2
+            out["loss/D"] = torch.tensor(float("nan"))
+        return out
+
+    t.engine.train_step = step
+    t.fit()
+    m = read_metrics(t.run_dir)
+    ev = [e for e in m.events if e.get("event") == "nan_rollback"]
+    assert len(ev) == 1 and "epoch 1" in ev[0]["message"]
+    assert [r["epoch"] for r in m.train] == [1, 2, 3]
+    assert m.train[-1]["lr"] == pytest.approx(1e-4)  # 2e-4 x 0.5
+    assert read_info(t.run_dir)["status"] == "finished"
+
+
+def test_nan_guard_stops_with_clear_message(tmp_path, tiny_dataset):
+    t = Trainer("dcgan", tiny_dataset, tmp_path, cfg(nan_policy="stop"), progress=False)
+    real_step = t.engine.train_step
+    t.engine.train_step = lambda b: {**real_step(b), "loss/G": torch.tensor(float("inf"))}
+    with pytest.raises(TrainingError, match="non-finite loss at epoch 1 .*loss/G"):
+        t.fit()
+    assert read_info(t.run_dir)["status"] == "failed"
+
+
+def test_dataset_checks(tmp_path, tiny_dataset):
+    with pytest.raises(TrainingError, match="image_size=64"):
+        Trainer("dcgan", tiny_dataset, tmp_path, cfg(image_size=64))
+    with pytest.raises(TrainingError, match="fewer than one batch"):
+        Trainer("dcgan", tiny_dataset, tmp_path, cfg(batch_size=64))
+
+
+def test_resume_refuses_changed_dataset(tmp_path, tiny_dataset):
+    t = Trainer("dcgan", tiny_dataset, tmp_path, cfg(epochs=1), progress=False)
+    t.fit()
+    tiny_dataset.key = "other"
+    with pytest.raises(TrainingError, match="changed since the run started"):
+        Trainer.resume(t.run_dir, dataset=tiny_dataset)
+
+
+def test_overrides():
+    c = apply_overrides(TrainConfig(), ["epochs=5", "lr=1e-4", "engine.g_width=32", "amp=false",
+                                        "augment_options.policy=color", "betas=[0.0, 0.99]"])
+    assert c.epochs == 5 and c.amp is False and c.augment_options["policy"] == "color"
+    assert c.engine == {"lr": 1e-4, "g_width": 32, "betas": [0.0, 0.99]}
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(TrainConfig(), ["epochs"])
+    with pytest.raises(ValueError, match="true/false"):
+        apply_overrides(TrainConfig(), ["amp=3"])
+    from engines.generate.dcgan import DCGAN
+
+    with pytest.raises(ValueError, match="no setting 'g_widht'"):
+        DCGAN.resolve_config({"g_widht": 3})
+    assert json.dumps(c.to_dict())
