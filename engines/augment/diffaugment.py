@@ -29,36 +29,33 @@ def rand_contrast(x: torch.Tensor) -> torch.Tensor:
 
 
 def rand_translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
-    """Shift by up to ratio*size pixels with zero padding (gather on a padded copy)."""
-    n, _, h, w = x.shape
+    """Shift each image by up to ratio*size pixels, filling with zeros.
+
+    Two 1-D gathers (rows, then columns) on a zero-padded copy: an index pointing into the padding
+    reads zero. Much cheaper than 4-D advanced indexing, and gather is differentiable in x."""
+    n, c, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    tx = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device)
-    ty = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device)
-    gb, gx, gy = torch.meshgrid(
-        torch.arange(n, device=x.device), torch.arange(h, device=x.device), torch.arange(w, device=x.device),
-        indexing="ij",
-    )
-    gx = torch.clamp(gx + tx + 1, 0, h + 1)
-    gy = torch.clamp(gy + ty + 1, 0, w + 1)
-    padded = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
-    return padded.permute(0, 2, 3, 1).contiguous()[gb, gx, gy].permute(0, 3, 1, 2)
+    tx = torch.randint(-sh, sh + 1, (n, 1), device=x.device)
+    ty = torch.randint(-sw, sw + 1, (n, 1), device=x.device)
+    padded = F.pad(x, [1, 1, 1, 1])
+    rows = (torch.arange(h, device=x.device).unsqueeze(0) + tx + 1).clamp_(0, h + 1)  # [n, h]
+    cols = (torch.arange(w, device=x.device).unsqueeze(0) + ty + 1).clamp_(0, w + 1)  # [n, w]
+    out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2))
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
 def rand_cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
-    """Zero a random square of ratio*size per image (multiplicative mask keeps it differentiable)."""
+    """Zero a random ratio*size square per image (a multiplicative mask keeps it differentiable)."""
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ox = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device)
-    oy = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=x.device)
-    gb, gx, gy = torch.meshgrid(
-        torch.arange(n, device=x.device), torch.arange(ch, device=x.device), torch.arange(cw, device=x.device),
-        indexing="ij",
-    )
-    gx = torch.clamp(gx + ox - ch // 2, 0, h - 1)
-    gy = torch.clamp(gy + oy - cw // 2, 0, w - 1)
-    mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
-    mask[gb, gx, gy] = 0
-    return x * mask.unsqueeze(1)
+    ox = torch.randint(0, h + (1 - ch % 2), (n, 1), device=x.device) - ch // 2
+    oy = torch.randint(0, w + (1 - cw % 2), (n, 1), device=x.device) - cw // 2
+    r = torch.arange(h, device=x.device).unsqueeze(0)
+    q = torch.arange(w, device=x.device).unsqueeze(0)
+    in_rows = (r >= ox) & (r < ox + ch)  # [n, h]
+    in_cols = (q >= oy) & (q < oy + cw)  # [n, w]
+    keep = ~(in_rows.unsqueeze(2) & in_cols.unsqueeze(1))
+    return x * keep.unsqueeze(1).to(x.dtype)
 
 
 POLICIES = {
@@ -70,6 +67,9 @@ POLICIES = {
 
 class NoAugment:
     p = 0.0
+
+    def __init__(self, **_ignored):
+        pass  # options of other pipelines (e.g. the DiffAugment policy) do not apply
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x
