@@ -121,6 +121,11 @@ class Engine(nn.Module):
     def augment_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.augment(x) if self.augment is not None else x
 
+    def augment_feedback(self, real_logits: torch.Tensor) -> None:
+        """After each D step: adaptive pipelines (ADA) tune their probability from D's real logits."""
+        if self.augment is not None:
+            self.augment.update(real_logits.detach())
+
     # ---- the contract ----------------------------------------------------------
     def train_step(self, batch) -> dict[str, torch.Tensor | float]:
         raise NotImplementedError

@@ -96,6 +96,7 @@ class DCGAN(Engine):
             d_fake = self.D(self.augment_images(fake.detach())).float()
             loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # BCE(real=1) + BCE(fake=0)
         self.optimize("D", loss_d)
+        self.augment_feedback(d_real)
         with self.autocast():
             loss_g = F.softplus(-self.D(self.augment_images(fake)).float()).mean()  # non-saturating
         self.optimize("G", loss_g)
