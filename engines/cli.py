@@ -106,7 +106,8 @@ def _engines(args) -> int:
 
     for name in list_engines():
         cls = get_engine(name)
-        print(f"{name:14s} {cls.kind:9s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
+        print(f"{name:14s} {cls.kind:9s} {(doc.strip().splitlines() or [''])[0]}")
     return 0
 
 

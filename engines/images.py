@@ -61,16 +61,19 @@ def to_pil_list(images: torch.Tensor) -> list[Image.Image]:
 
 
 def save_gif(frames: list[Image.Image] | list[np.ndarray], path: str | os.PathLike, fps: float = 8.0,
-             loop: int = 0, boomerang: bool = False) -> Path:
-    """Animated GIF written atomically. ``boomerang`` plays forward then back (for latent walks)."""
+             loop: int = 0, boomerang: bool = False, hold_last: float = 0.0) -> Path:
+    """Animated GIF written atomically. ``boomerang`` plays forward then back (for latent walks);
+    ``hold_last`` keeps the last frame on screen that many extra seconds."""
     frames = [f if isinstance(f, Image.Image) else Image.fromarray(f) for f in frames]
     if not frames:
         raise ValueError("no frames to write")
     if boomerang and len(frames) > 2:
         frames = frames + frames[-2:0:-1]
+    durations = [max(20, int(1000 / fps))] * len(frames)
+    durations[-1] += int(1000 * hold_last)
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=max(20, int(1000 / fps)), loop=loop, optimize=False)
+                   duration=durations, loop=loop, optimize=False)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -49,5 +49,4 @@ def write_timeline_gif(run_dir: str | os.PathLike, out: str | os.PathLike | None
                        label: bool = True, max_size: int = 768) -> Path:
     frames = timeline_frames(run_dir, label=label, max_size=max_size)
     # hold the last frame a little longer: it is the result people look for
-    frames = frames + [frames[-1]] * max(0, int(fps) - 1)
-    return save_gif(frames, out or Path(run_dir) / "progress.gif", fps=fps)
+    return save_gif(frames, out or Path(run_dir) / "progress.gif", fps=fps, hold_last=1.5)
