@@ -1,0 +1,720 @@
+"""Runs for the studio: find them, load them tolerantly, summarise them, judge them.
+
+Three on-disk formats are read into one ``Run`` record (plain data, picklable, so Streamlit can cache it):
+
+- pokelab runs (``run.json`` + ``metrics.jsonl`` + ``samples/epoch_*.png``) through ``engines.runs``;
+  x axis: epochs.
+- stylegan2-ada-pytorch training folders (``stats.jsonl``, ``metric-*.jsonl``, ``fakesNNNNNN.png``,
+  ``training_options.json``); x axis: kimg (thousands of real images shown to D).
+- lightweight-gan result folders (``fid_scores.txt`` with ``step,fid`` lines, numbered grids);
+  x axis: training steps.
+
+Nothing here raises on a bad run: every problem becomes a line in ``Run.warnings`` (shown on the
+page) and the run is still listed. No torch, no Streamlit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from engines import runs as R
+
+from .paths import is_inside
+
+#: gap between generated and real mean pairwise MS-SSIM that flags collapse; the same value as
+#: engines.metrics.msssim.COLLAPSE_MARGIN (not imported: that module imports torch)
+COLLAPSE_MARGIN = 0.1
+#: a run that says "running" but has written nothing for this long is shown as "running?"
+STALE_AFTER_S = 30 * 60
+#: D balance rule (docs/studio.md): overall D accuracy over the last window further than this from 0.5
+DRIFT_TOL = 0.15
+#: ... or D accuracy on real and on fake further apart than this (D calls (almost) everything one class)
+SPLIT_TOL = 0.5
+#: lightweight-gan names its grids by ``steps // evaluate_every``; its CLI default is 1000
+LIGHTWEIGHT_EVALUATE_EVERY = 1000
+
+TOOLS = ("pokelab", "stylegan2-ada", "lightweight-gan")
+X_UNITS = {"pokelab": "epoch", "stylegan2-ada": "kimg", "lightweight-gan": "step"}
+_HUGE = 1e300  # the run writer stores +-inf as +-1e308; such values are not plottable
+
+
+@dataclass
+class GridLayout:
+    """How a sample grid is tiled: tile side (None: detect), padding between tiles, padding colour."""
+    tile: int | None = None
+    padding: int = 2
+    pad_value: int | None = 255   # None: try white and black
+    nrow: int | None = None       # tiles per row when known
+
+
+@dataclass
+class Run:
+    path: Path
+    tool: str
+    label: str = ""
+    root: Path | None = None
+    engine: str = "?"
+    dataset: str = "?"
+    status: str = "unknown"
+    done: float | None = None
+    planned: float | None = None
+    x_unit: str = "epoch"
+    train: pd.DataFrame = field(default_factory=pd.DataFrame)
+    evals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[tuple[float, Path]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float | None = None
+    layout: GridLayout = field(default_factory=GridLayout)
+    last_modified: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
+    def column(self, frame: str, name: str) -> pd.Series | None:
+        """A numeric column of ``train`` or ``evals`` without NaNs, indexed by x (None if absent)."""
+        df = self.train if frame == "train" else self.evals
+        if name not in df.columns or "x" not in df.columns:
+            return None
+        s = pd.Series(pd.to_numeric(df[name], errors="coerce").to_numpy(), index=df["x"].to_numpy())
+        s = s[s.notna()]
+        return s if len(s) else None
+
+
+# ---- discovery -------------------------------------------------------------------------------
+def detect_tool(d: Path) -> str | None:
+    """Which format a folder is in (None: not a run folder)."""
+    try:
+        if R.is_run_dir(d):
+            return "pokelab"
+        if (d / "stats.jsonl").is_file() or (d / "training_options.json").is_file() \
+                or any(d.glob("metric-*.jsonl")):
+            return "stylegan2-ada"
+        if (d / "fid_scores.txt").is_file():
+            return "lightweight-gan"
+    except OSError:
+        return None
+    return None
+
+
+def discover(roots: Iterable[str | os.PathLike], max_depth: int = 3) -> list[tuple[Path, str, Path]]:
+    """(run folder, tool, root) under the roots; a root may itself be a run. Hidden folders are skipped,
+    and so are folders that resolve outside every root (a symlink pointing elsewhere)."""
+    roots = [Path(r).resolve() for r in roots]
+    seen: set[Path] = set()
+    found: list[tuple[Path, str, Path]] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        stack = [(root, 0)]
+        while stack:
+            d, depth = stack.pop()
+            real = d.resolve()
+            if real in seen or not is_inside(real, roots):
+                continue
+            seen.add(real)
+            tool = detect_tool(d)
+            if tool:
+                found.append((d, tool, root))
+                continue
+            if depth >= max_depth:
+                continue
+            try:
+                children = sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")),
+                                  reverse=True)
+            except OSError:
+                continue
+            stack.extend((c, depth + 1) for c in children)
+    return sorted(found, key=lambda t: str(t[0]))
+
+
+_SIG_FILES = {
+    "pokelab": ("run.json", "metrics.jsonl", "samples"),
+    "stylegan2-ada": ("stats.jsonl", "training_options.json"),
+    "lightweight-gan": ("fid_scores.txt",),
+}
+
+
+def signature(path: str | os.PathLike, tool: str) -> tuple:
+    """What changes when a run changes (cache key): mtimes and sizes of its key files, and the folder's
+    own mtime (new sample grids or metric files appear there)."""
+    path = Path(path)
+    out: list[tuple] = []
+    names = list(_SIG_FILES.get(tool, ())) + ["."]
+    if tool == "stylegan2-ada":
+        names += sorted(p.name for p in path.glob("metric-*.jsonl"))
+    for name in names:
+        try:
+            st = (path / name).stat()
+            out.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+def unique_labels(paths: list[Path]) -> dict[Path, str]:
+    """Short display names: the folder name, with its parent added where two runs share a name."""
+    names: dict[str, int] = {}
+    for p in paths:
+        names[p.name] = names.get(p.name, 0) + 1
+    return {p: (p.name if names[p.name] == 1 else f"{p.parent.name}/{p.name}") for p in paths}
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def load_run(path: str | os.PathLike, tool: str | None = None, root: str | os.PathLike | None = None) -> Run:
+    """Load one run of any supported format. Never raises: problems become ``warnings``.
+    The result depends on the files only (so it can be cached on ``signature``); the time-dependent
+    part of the status is applied by ``refresh_status``."""
+    path = Path(path)
+    tool = tool or detect_tool(path) or "pokelab"
+    run = Run(path=path, tool=tool, label=path.name, root=Path(root) if root else None,
+              x_unit=X_UNITS.get(tool, "epoch"))
+    try:
+        run.last_modified = _last_modified(path, tool)
+        if run.root is not None:
+            # a log file that is a symlink to somewhere else is not followed (only the roots are read)
+            names = list(_SIG_FILES.get(tool, ())) + [p.name for p in path.glob("metric-*.jsonl")]
+            escaping = [n for n in names if (path / n).exists() and not is_inside(path / n, [run.root])]
+            if escaping:
+                run.status = "unreadable"
+                run.warnings.append(f"{', '.join(escaping)} point(s) outside the configured folders; not read")
+                return run
+        {"pokelab": _load_pokelab, "stylegan2-ada": _load_stylegan, "lightweight-gan": _load_lightweight}[tool](run)
+        if run.root is not None:
+            inside = [s for s in run.samples if is_inside(s[1], [run.root])]
+            if len(inside) != len(run.samples):
+                run.warnings.append(f"{len(run.samples) - len(inside)} sample grid(s) point outside the configured "
+                                    "folders; left out")
+                run.samples = inside
+    except Exception as e:  # noqa: BLE001 — a run must never take the page down
+        run.status = "unreadable"
+        run.warnings.append(f"could not be read: {type(e).__name__}: {e}")
+    return run
+
+
+def _last_modified(path: Path, tool: str) -> float:
+    ts = []
+    for name in list(_SIG_FILES.get(tool, ())) + ["."]:
+        try:
+            ts.append((path / name).stat().st_mtime)
+        except OSError:
+            pass
+    return max(ts) if ts else 0.0
+
+
+def _frame(records: list[dict[str, Any]], xkey: str, run: Run, what: str) -> pd.DataFrame:
+    """Records -> DataFrame with a numeric ``x`` column, sorted, one row per x (the last one logged wins,
+    as after a resume), numeric-looking columns converted and +-inf stand-ins blanked."""
+    if not records:
+        return pd.DataFrame({"x": pd.Series(dtype=float)})
+    df = pd.DataFrame.from_records(records)
+    if xkey not in df.columns:
+        run.warnings.append(f"{what}: no '{xkey}' field in any line; ignored")
+        return pd.DataFrame({"x": pd.Series(dtype=float)})
+    df["x"] = pd.to_numeric(df[xkey], errors="coerce")
+    bad = int(df["x"].isna().sum())
+    if bad:
+        run.warnings.append(f"{what}: {bad} line(s) without a usable '{xkey}'; skipped")
+        df = df[df["x"].notna()]
+    for c, dt in list(df.dtypes.items()):
+        if dt == object:
+            conv = pd.to_numeric(df[c], errors="coerce")
+            # keep text columns (event names, messages); convert columns that are numbers with gaps
+            if conv.notna().sum() and conv.notna().sum() >= df[c].map(_is_numberish).sum():
+                df[c] = conv
+    num = [c for c, dt in df.dtypes.items() if dt.kind in "fiub"]
+    if num:
+        arr = df[num].to_numpy(dtype=float)
+        huge = np.abs(arr) >= _HUGE
+        if huge.any():
+            run.notes.append(f"{what}: {int(huge.sum())} infinite value(s) left out of the plots")
+            df[num] = np.where(huge, np.nan, arr)
+    x = df["x"]
+    if not (x.is_monotonic_increasing and x.is_unique):  # resumed runs re-log epochs: keep the last one
+        df = df.drop_duplicates("x", keep="last").sort_values("x", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def _is_numberish(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
+
+
+def _read_jsonl(p: Path) -> tuple[list[dict[str, Any]], list[str], bool]:
+    """Tolerant JSON-lines reader for the other tools' logs: (records, warnings, partial last line?)."""
+    data = p.read_bytes().decode("utf-8", errors="replace")
+    lines = data.split("\n")
+    partial = not data.endswith("\n") and lines[-1] != ""
+    recs, warns = [], []
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if partial and i == len(lines):
+                continue
+            warns.append(f"{p.name} line {i}: malformed, skipped")
+            continue
+        recs.append(rec)
+    return recs, warns, partial
+
+
+def _read_json(p: Path, run: Run) -> dict[str, Any]:
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+        if isinstance(obj, dict):
+            return obj
+        run.warnings.append(f"{p.name}: expected a JSON object")
+    except FileNotFoundError:
+        pass
+    except (ValueError, OSError) as e:
+        run.warnings.append(f"{p.name}: unreadable ({e})")
+    return {}
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < _HUGE:
+        return float(v)
+    return None
+
+
+def _dataset_name(ds: Any) -> str:
+    if isinstance(ds, dict):
+        return str(ds.get("name") or ds.get("key") or "?")
+    if isinstance(ds, list) and ds:  # translation runs: two domains
+        return " → ".join(_dataset_name(d) for d in ds)
+    if isinstance(ds, str):
+        return ds
+    return "?"
+
+
+def _load_pokelab(run: Run) -> None:
+    path = run.path
+    try:
+        info = R.read_info(path)
+    except R.RunFormatError as e:
+        run.warnings.append("run.json: " + str(e).replace(f"{path / 'run.json'}: ", "").replace(f"{path} ", ""))
+        info = {}
+    except OSError as e:
+        run.warnings.append(f"run.json: unreadable ({e})")
+        info = {}
+    run.info = info
+    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    run.engine = str(info.get("engine") or _engine_from_id(path.name) or "?")
+    run.dataset = _dataset_name(info.get("dataset"))
+    status = info.get("status")
+    run.status = status if status in R.STATUSES else ("broken" if not info else "unknown")
+    if info and status not in R.STATUSES:
+        run.warnings.append(f"run.json: unknown status {status!r}")
+    run.planned = _num(cfg.get("epochs"))
+    run.wall_seconds = _num(info.get("wall_seconds"))
+    tile = cfg.get("image_size")
+    run.layout = GridLayout(tile=int(tile) if isinstance(tile, int) and tile > 0 else None, padding=2, pad_value=255)
+
+    try:
+        m = R.read_metrics(path)
+    except OSError as e:
+        run.warnings.append(f"metrics.jsonl: unreadable ({e})")
+        m = R.Metrics()
+    for w in m.warnings:
+        if "partial last line" in w and run.status == "running":
+            run.notes.append(f"metrics.jsonl {w}")  # expected while the trainer writes
+        elif w == "no metrics.jsonl yet" and run.status == "running":
+            run.notes.append(w)
+        else:
+            run.warnings.append(f"metrics.jsonl {w}" if w.startswith("line") else w)
+    run.train = _frame(m.train, "epoch", run, "metrics.jsonl (train)")
+    run.evals = _frame(m.eval, "epoch", run, "metrics.jsonl (eval)")
+    run.events = [{"x": _num(e.get("epoch")), "event": str(e.get("event") or e.get("kind") or "?"),
+                   "message": str(e.get("message", ""))} for e in m.events]
+    done = _num(info.get("epoch"))
+    if done is None and len(run.train):
+        done = float(run.train["x"].max())
+    run.done = done
+    run.samples = [(float(ep), p) for ep, p in R.list_samples(path)]
+
+
+def _engine_from_id(run_id: str) -> str | None:
+    m = re.match(r"^\d{8}-\d{6}-([^-]+(?:-[^-]+)?)-", run_id)
+    return m.group(1) if m else None
+
+
+def _mean(v: Any) -> float | None:
+    """stylegan2-ada stats values are {"num", "mean", "std"} dicts."""
+    if isinstance(v, dict):
+        return _num(v.get("mean"))
+    return _num(v)
+
+
+def _load_stylegan(run: Run) -> None:
+    path = run.path
+    opts = _read_json(path / "training_options.json", run)
+    run.info = opts
+    ts = opts.get("training_set_kwargs") if isinstance(opts.get("training_set_kwargs"), dict) else {}
+    run.engine = "stylegan2-ada"
+    ds_path = ts.get("path")
+    run.dataset = Path(str(ds_path)).stem if ds_path else "?"
+    run.planned = _num(opts.get("total_kimg"))
+    res = ts.get("resolution")
+    run.layout = GridLayout(tile=int(res) if isinstance(res, int) and res > 0 else None, padding=0, pad_value=None)
+
+    rows: list[dict[str, Any]] = []
+    stats = path / "stats.jsonl"
+    if stats.is_file():
+        recs, warns, partial = _read_jsonl(stats)
+        run.warnings += warns
+        if partial:
+            run.notes.append("stats.jsonl: partial last line (still writing?)")
+        for rec in recs:
+            row: dict[str, Any] = {"x": _mean(rec.get("Progress/kimg")), "time": _num(rec.get("timestamp"))}
+            for k, v in rec.items():
+                if not k.startswith("Loss/"):
+                    continue
+                name = k[5:]
+                if name.startswith(("scores/", "signs/")):
+                    continue
+                # Loss/G/loss -> loss/G, Loss/D/reg -> loss/D_reg, Loss/r1_penalty -> loss/r1_penalty
+                if name.endswith("/loss"):
+                    name = name[:-5]
+                row["loss/" + name.replace("/", "_")] = _mean(v)
+            sr, sf = _mean(rec.get("Loss/signs/real")), _mean(rec.get("Loss/signs/fake"))
+            # mean sign of D's output: +1 = every real called real; accuracy = share with the right sign
+            if sr is not None:
+                row["acc/D_real"] = (1 + sr) / 2
+            if sf is not None:
+                row["acc/D_fake"] = (1 - sf) / 2
+            aug = _mean(rec.get("Progress/augment"))
+            if aug is not None:
+                row["augment_p"] = aug
+            spk = _mean(rec.get("Timing/sec_per_kimg"))
+            if spk:
+                row["img_per_s"] = 1000.0 / spk
+            total = _mean(rec.get("Timing/total_sec"))
+            if total is not None:
+                row["wall"] = total
+            rows.append(row)
+    else:
+        run.warnings.append("no stats.jsonl")
+    run.train = _frame(rows, "x", run, "stats.jsonl")
+    if "wall" in run.train.columns and run.train["wall"].notna().any():
+        run.wall_seconds = float(run.train["wall"].dropna().iloc[-1])
+
+    evals: dict[float, dict[str, Any]] = {}
+    for mf in sorted(path.glob("metric-*.jsonl")):
+        recs, warns, _ = _read_jsonl(mf)
+        run.warnings += warns
+        for rec in recs:
+            snap = str(rec.get("snapshot_pkl") or "")
+            mt = re.search(r"(\d+)\.pkl$", snap)
+            results = rec.get("results")
+            if not mt or not isinstance(results, dict):
+                run.warnings.append(f"{mf.name}: a line without snapshot_pkl/results; skipped")
+                continue
+            x = float(int(mt.group(1)))
+            row = evals.setdefault(x, {"x": x})
+            for name, val in results.items():
+                v = _num(val)
+                if v is None:
+                    continue
+                row[name] = v
+                if name.startswith("fid"):
+                    row["fid"] = v
+                elif name.startswith("kid"):
+                    row["kid"] = v
+    run.evals = _frame(list(evals.values()), "x", run, "metric-*.jsonl")
+
+    samples = []
+    for f in path.glob("fakes*.png"):
+        mt = re.match(r"^fakes(\d+)\.png$", f.name)  # fakes_init.png (before training) is left out
+        if mt:
+            samples.append((float(int(mt.group(1))), f))
+    run.samples = sorted(samples)
+    kimgs = [x for x in [run.train["x"].max() if len(run.train) else None,
+                         run.evals["x"].max() if len(run.evals) else None] if x is not None and x == x]
+    run.done = float(max(kimgs)) if kimgs else None
+    run.status = "finished" if run.planned and run.done is not None and run.done >= run.planned else "running"
+
+
+def _load_lightweight(run: Run) -> None:
+    path = run.path
+    run.engine = "lightweight-gan"
+    run.dataset = "?"
+    rows = []
+    text = (path / "fid_scores.txt").read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    partial = not text.endswith("\n") and lines[-1] != ""
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        parts = [p.strip() for p in raw.split(",")]
+        try:
+            # "steps,fid" (some versions append ", G: .. | D: ..")
+            rows.append({"x": float(int(parts[0])), "fid": float(parts[1])})
+        except (ValueError, IndexError):
+            if partial and i == len(lines):
+                run.notes.append("fid_scores.txt: partial last line (still writing?)")
+            else:
+                run.warnings.append(f"fid_scores.txt line {i}: not 'step,fid'; skipped")
+    run.evals = _frame(rows, "x", run, "fid_scores.txt")
+    plain, ema = [], []
+    for f in path.iterdir():
+        mt = re.match(r"^(\d+)(-ema)?\.(jpg|jpeg|png)$", f.name)
+        if mt:
+            (ema if mt.group(2) else plain).append((float(int(mt.group(1)) * LIGHTWEIGHT_EVALUATE_EVERY), f))
+    run.samples = sorted(ema or plain)  # the EMA generator is the one its FID is computed on
+    if run.samples:
+        run.notes.append(f"grid steps assume lightweight-gan's default evaluate_every={LIGHTWEIGHT_EVALUATE_EVERY}")
+    run.layout = GridLayout(tile=None, padding=2, pad_value=0, nrow=8)  # torchvision save_image, 8 per row
+    xs = [s[0] for s in run.samples] + (list(run.evals["x"]) if len(run.evals) else [])
+    run.done = float(max(xs)) if xs else None
+    run.status = "running"  # these tools do not record a status; refresh_status() decides from the mtime
+
+
+_STALE_MARK = "nothing was written for"
+
+
+def refresh_status(run: Run, now: float | None = None) -> Run:
+    """The time-dependent part of a run's status (idempotent): a pokelab run marked "running" that has
+    not written anything for STALE_AFTER_S gets a warning (the trainer may have been killed before it
+    could mark the run); for the other tools, which record no status, an unfinished run is "running"
+    while its files change and "stopped" after that."""
+    now = time.time() if now is None else now
+    run.warnings = [w for w in run.warnings if _STALE_MARK not in w]
+    age = now - run.last_modified
+    if run.tool == "pokelab":
+        if run.status == "running" and age > STALE_AFTER_S:
+            run.warnings.append(f"status is 'running' but {_STALE_MARK} {_fmt_age(age)}: the trainer may have "
+                                "been killed before it could mark the run")
+    elif run.status in ("running", "stopped"):
+        run.status = "running" if age < STALE_AFTER_S else "stopped"
+    return run
+
+
+_TOOL_ORDER = {t: i for i, t in enumerate(TOOLS)}
+
+
+def sort_runs(runs: list[Run]) -> list[Run]:
+    """pokelab runs first (newest first: their ids start with the UTC time), then the other tools."""
+    by_label = sorted(runs, key=lambda r: r.label, reverse=True)
+    return sorted(by_label, key=lambda r: _TOOL_ORDER.get(r.tool, len(TOOLS)))
+
+
+def load_runs(roots: Iterable[str | os.PathLike], now: float | None = None) -> list[Run]:
+    """Discover and load every run under the roots (uncached: the page caches per run)."""
+    found = discover(roots)
+    labels = unique_labels([p for p, _, _ in found])
+    out = []
+    for p, tool, root in found:
+        r = load_run(p, tool, root)
+        r.label = labels[p]
+        out.append(refresh_status(r, now))
+    return sort_runs(out)
+
+
+# ---- summaries -----------------------------------------------------------------------------------
+def _fmt_age(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None or s != s:
+        return ""
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}"
+
+
+def fmt_x(x: float | None) -> str:
+    if x is None or x != x:
+        return ""
+    return f"{x:g}" if abs(x - round(x)) > 1e-9 else f"{int(round(x))}"
+
+
+def best_fid(run: Run) -> tuple[float | None, float | None]:
+    """(best FID, x where it was reached); the earliest x wins a tie."""
+    s = run.column("evals", "fid")
+    if s is None:
+        return None, None
+    i = int(np.argmin(s.to_numpy()))
+    return float(s.iloc[i]), float(s.index[i])
+
+
+def last_value(run: Run, frame: str, name: str) -> tuple[float | None, float | None]:
+    s = run.column(frame, name)
+    if s is None:
+        return None, None
+    return float(s.iloc[-1]), float(s.index[-1])
+
+
+def throughput(run: Run, last: int = 10) -> float | None:
+    """Mean img/s over the last ``last`` logged points (the current speed, not the warm-up)."""
+    s = run.column("train", "img_per_s")
+    if s is None:
+        return None
+    return float(s.iloc[-last:].mean())
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    bf, bx = best_fid(run)
+    kid, _ = last_value(run, "evals", "kid")
+    kid_std, _ = last_value(run, "evals", "kid_std")
+    status = run.status
+    if status == "running" and any(_STALE_MARK in w for w in run.warnings):
+        status = "running?"
+    return {
+        "run": run.label, "tool": run.tool, "engine": run.engine, "dataset": run.dataset, "status": status,
+        "done": run.done, "planned": run.planned, "unit": run.x_unit,
+        "progress": f"{fmt_x(run.done) or '–'} / {fmt_x(run.planned) or '?'} {run.x_unit}",
+        "best FID": bf, "best FID at": bx, "last KID": kid, "last KID std": kid_std,
+        "img/s": throughput(run), "wall time": fmt_duration(run.wall_seconds),
+        "samples": len(run.samples), "warnings": len(run.warnings), "path": str(run.path),
+    }
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    cols = ["run", "tool", "engine", "dataset", "status", "done", "planned", "unit", "progress", "best FID",
+            "best FID at", "last KID", "last KID std", "img/s", "wall time", "samples", "warnings", "path"]
+    return pd.DataFrame([summarize(r) for r in runs], columns=cols)
+
+
+# ---- judging -------------------------------------------------------------------------------------
+def collapse_points(run: Run) -> tuple[list[float], str]:
+    """x values where mode collapse was flagged, and where the flag came from ('logged', 'derived', '')."""
+    ev = run.evals
+    if "collapse" in ev.columns:
+        flag = pd.to_numeric(ev["collapse"], errors="coerce")
+        return [float(x) for x in ev.loc[flag.fillna(0) > 0.5, "x"]], "logged"
+    if {"ms_ssim/fake", "ms_ssim/real"} <= set(ev.columns):
+        f = pd.to_numeric(ev["ms_ssim/fake"], errors="coerce")
+        r = pd.to_numeric(ev["ms_ssim/real"], errors="coerce")
+        return [float(x) for x in ev.loc[f > r + COLLAPSE_MARGIN, "x"]], "derived"
+    return [], ""
+
+
+def d_balance(run: Run, frac: float = 0.1, min_points: int = 5, max_points: int = 50) -> dict[str, Any] | None:
+    """D accuracy over the last window: the last ``frac`` of the logged points (at least ``min_points``,
+    at most ``max_points``). None when the run did not log D accuracy."""
+    tr = run.train
+    if not {"acc/D_real", "acc/D_fake"} <= set(tr.columns):
+        return None
+    df = tr[["x", "acc/D_real", "acc/D_fake"]].apply(pd.to_numeric, errors="coerce").dropna()
+    if not len(df):
+        return None
+    k = int(min(max_points, max(min_points, round(frac * len(df)))))
+    w = df.iloc[-k:]
+    real, fake = float(w["acc/D_real"].mean()), float(w["acc/D_fake"].mean())
+    overall = (real + fake) / 2
+    if overall > 0.5 + DRIFT_TOL:
+        state = "D winning"
+    elif overall < 0.5 - DRIFT_TOL:
+        state = "D losing"
+    elif abs(real - fake) > SPLIT_TOL:
+        state = "D one-sided"
+    else:
+        state = "balanced"
+    return {"real": real, "fake": fake, "overall": overall, "points": len(w),
+            "from": float(w["x"].iloc[0]), "to": float(w["x"].iloc[-1]), "state": state}
+
+
+def verdict(run: Run) -> list[dict[str, str]]:
+    """Short judgement lines: FID, collapse, D balance. Each: {topic, level (ok|warn|info), text}."""
+    u = run.x_unit
+    out: list[dict[str, str]] = []
+    bf, bx = best_fid(run)
+    if bf is None:
+        out.append({"topic": "FID", "level": "info", "text": "no FID logged"})
+    else:
+        last, lx = last_value(run, "evals", "fid")
+        if lx == bx:
+            out.append({"topic": "FID", "level": "ok",
+                        "text": f"best FID {bf:.2f} at {u} {fmt_x(bx)}, the latest evaluation (may still improve)"})
+        else:
+            rise = (last - bf) / bf * 100 if bf else float("nan")
+            level = "warn" if rise > 10 else "ok"
+            out.append({"topic": "FID", "level": level,
+                        "text": f"best FID {bf:.2f} at {u} {fmt_x(bx)}; last {last:.2f} at {u} {fmt_x(lx)} "
+                                f"({rise:+.0f}% from the best)"})
+    pts, src = collapse_points(run)
+    if not src:
+        out.append({"topic": "collapse", "level": "info", "text": "no diversity metric logged (MS-SSIM)"})
+    elif not pts:
+        out.append({"topic": "collapse", "level": "ok", "text": "no mode collapse flagged"})
+    else:
+        last_x = float(run.evals["x"].iloc[-1])
+        still = " — still flagged at the last evaluation" if pts[-1] == last_x else " — not flagged at the end"
+        out.append({"topic": "collapse", "level": "warn",
+                    "text": f"mode collapse flagged at {len(pts)} evaluation(s), first at {u} {fmt_x(pts[0])}{still}"
+                            + (" (derived from MS-SSIM)" if src == "derived" else "")})
+    b = d_balance(run)
+    if b is None:
+        out.append({"topic": "D balance", "level": "info", "text": "no D accuracy logged"})
+    else:
+        span = f"over {u} {fmt_x(b['from'])}–{fmt_x(b['to'])}"
+        nums = f"real {b['real']:.2f}, fake {b['fake']:.2f}"
+        text = {
+            "balanced": f"D accuracy stays near 0.5 {span} ({nums})",
+            "D winning": f"D accuracy drifted up to {b['overall']:.2f} {span} ({nums}): D is winning — "
+                         "it may be memorising the small set (more augmentation or an earlier epoch may help)",
+            "D losing": f"D accuracy fell to {b['overall']:.2f} {span} ({nums}): D is being fooled or too weak",
+            "D one-sided": f"D calls almost everything {'real' if b['real'] > b['fake'] else 'fake'} {span} ({nums})",
+        }[b["state"]]
+        out.append({"topic": "D balance", "level": "ok" if b["state"] == "balanced" else "warn", "text": text})
+    return out
+
+
+def ema(values: np.ndarray | list[float], alpha: float) -> np.ndarray:
+    """Bias-corrected exponential moving average (as TensorBoard's smoothing); NaNs are carried over
+    without updating the average. alpha = 0 returns the values."""
+    v = np.asarray(values, dtype=float)
+    if alpha <= 0 or not len(v):
+        return v.copy()
+    if not 0 <= alpha < 1:
+        raise ValueError("smoothing must be in [0, 1)")
+    out = np.empty_like(v)
+    acc, weight = 0.0, 0.0
+    for i, x in enumerate(v):
+        if x == x:
+            acc = alpha * acc + (1 - alpha) * x
+            weight = alpha * weight + (1 - alpha)
+        out[i] = acc / weight if weight > 0 else np.nan
+    return out
+
+
+def loss_keys(runs: Iterable[Run]) -> list[str]:
+    """Every ``loss/*`` column that any of the runs logged, D and G first."""
+    keys: set[str] = set()
+    for r in runs:
+        keys |= {c for c in r.train.columns if c.startswith("loss/") and pd.api.types.is_numeric_dtype(r.train[c])}
+    first = [k for k in ("loss/D", "loss/G") if k in keys]
+    return first + sorted(keys - set(first))
+
+
+def nearest_sample(run: Run, x: float) -> tuple[float, Path] | None:
+    """The sample grid closest to x (the earlier one on a tie)."""
+    if not run.samples:
+        return None
+    xs = np.array([s[0] for s in run.samples])
+    return run.samples[int(np.argmin(np.abs(xs - x)))]

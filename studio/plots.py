@@ -1,0 +1,330 @@
+"""Plotly figures of the studio: pure functions of loaded runs (no Streamlit), so tests can count traces.
+
+x axes: each tool keeps its own unit (pokelab: epochs; stylegan2-ada: kimg; lightweight-gan: steps).
+When runs of several tools are overlaid, the first unit is the bottom axis and every other unit gets
+its own axis along the top, named after the unit and the tool - the scales are not comparable.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from .data import Run, collapse_points, ema, loss_keys
+
+PALETTE = qualitative.D3 + qualitative.Dark24  # D3's ten are easy to tell apart
+UNIT_ORDER = ("epoch", "kimg", "step")
+UNIT_TOOL = {"epoch": "pokelab", "kimg": "stylegan2-ada", "step": "lightweight-gan"}
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+EVENT_MARKS = {"nan_rollback": "NaN rollback", "resumed": "resumed", "interrupted": "interrupted",
+               "nan_stop": "NaN stop", "error": "error"}
+
+
+def colour_map(runs: Iterable[Run]) -> dict[str, str]:
+    """A stable colour per run (by its position in the full list), the same in every figure."""
+    return {r.key: PALETTE[i % len(PALETTE)] for i, r in enumerate(runs)}
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    if len(h) != 6:
+        return hex_colour
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _axes(runs: list[Run]) -> tuple[dict[str, str], dict]:
+    """Axis id per x unit and the layout entries that define those axes."""
+    units = [u for u in UNIT_ORDER if any(r.x_unit == u for r in runs)]
+    units += sorted({r.x_unit for r in runs} - set(units))
+    units = units or ["epoch"]
+    ids = {u: ("x" if k == 0 else f"x{k + 1}") for k, u in enumerate(units)}
+    several = len(units) > 1
+    layout: dict = {}
+    for k, u in enumerate(units):
+        title = u + (f" ({UNIT_TOOL.get(u, '')})" if several and UNIT_TOOL.get(u) else "")
+        name = "xaxis" if k == 0 else f"xaxis{k + 1}"
+        ax = {"title": {"text": title}, "showgrid": k == 0, "zeroline": False}
+        if k > 0:
+            ax.update(overlaying="x", side="top")
+            if k > 1:  # a third unit: a free axis above the second one
+                ax.update(anchor="free", position=1.0)
+        layout[name] = ax
+    if len(units) > 2:  # room between the plot's top (second axis) and the paper's top (third axis)
+        layout["yaxis"] = {"domain": [0, 0.74]}
+    return ids, layout
+
+
+def _base(title: str, ytitle: str, runs: list[Run], height: int = 380) -> tuple[go.Figure, dict[str, str]]:
+    ids, axes = _axes(runs)
+    fig = go.Figure()
+    top = 40 + 48 * min(1, len(ids) - 1)
+    # no plotly legend: runs keep one colour in every figure and the page shows one colour key
+    # (colour_key_html); what line styles mean is written under the plot (_style_note)
+    fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left", "y": 1, "yref": "container",
+                             "yanchor": "top", "pad": {"t": 12}}, template="plotly_white", height=height,
+                      margin={"l": 60, "r": 20, "t": top + 20, "b": 50}, hovermode="closest", showlegend=False,
+                      yaxis_title=ytitle, **axes)
+    fig.update_xaxes(rangemode="tozero")
+    return fig, ids
+
+
+def _style_note(fig: go.Figure, items: list[tuple[str, str]]) -> None:
+    """A one-line key of line styles, e.g. [("solid", "D"), ("dash", "G")], under the title (above the
+    top x axis when there is one)."""
+    glyph = {"solid": "───", "dash": "– – –", "dot": "·····", "dashdot": "–·–·", "longdash": "—  —",
+             "longdashdot": "—·—", "cross": "✕"}
+    text = "    ".join(f"{glyph.get(d, d)} {label}" for d, label in items)
+    top_axes = sum(1 for k in fig.layout.to_plotly_json() if k.startswith("xaxis") and k != "xaxis")
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=1, xanchor="left", yanchor="bottom",
+                       yshift=8 + 48 * min(1, top_axes), showarrow=False, font={"size": 11, "color": "#555"})
+    fig.update_layout(margin_t=fig.layout.margin.t + 16)
+
+
+def colour_key_html(runs: Iterable[Run], colours: dict[str, str]) -> str:
+    """The runs' colours as a line of HTML (one key for all figures of a page)."""
+    from html import escape
+
+    return " ".join(f'<span style="white-space:nowrap;margin-right:14px"><span style="color:{colours.get(r.key, "#444")};'
+                    f'font-size:1.3em">■</span> {escape(r.label)}</span>' for r in runs)
+
+
+def _xref(ids: dict[str, str], run: Run) -> str:
+    return ids.get(run.x_unit, "x")
+
+
+def _series(run: Run, frame: str, name: str) -> pd.Series | None:
+    return run.column(frame, name)
+
+
+def empty_note(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font={"size": 14, "color": "#888"})
+    return fig
+
+
+def fid_figure(runs: list[Run], colours: dict[str, str], metric: str = "fid", title: str = "FID (lower is better)") -> go.Figure:
+    """One line per run that logged the metric; the best point of each run is drawn larger."""
+    fig, ids = _base(title, metric.upper() if metric in ("fid", "kid") else metric, runs)
+    for r in runs:
+        s = _series(r, "evals", metric)
+        if s is None:
+            continue
+        best = int(np.argmin(s.to_numpy()))
+        sizes = np.full(len(s), 6)
+        sizes[best] = 13
+        fig.add_trace(go.Scatter(
+            x=s.index, y=s.to_numpy(), name=r.label, mode="lines+markers", xaxis=_xref(ids, r),
+            line={"color": colours.get(r.key)}, marker={"size": sizes},
+            hovertemplate=f"{r.label}<br>{r.x_unit} %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>"))
+    if not fig.data:
+        empty_note(fig, "no run with FID yet")
+    return fig
+
+
+def kid_figure(runs: list[Run], colours: dict[str, str]) -> go.Figure:
+    """KID per run, with a +-1 std band where the run logged ``kid_std`` (band + line = 2 traces)."""
+    fig, ids = _base("KID (lower is better; band: ± 1 std over subsets)", "KID", runs)
+    for r in runs:
+        s = _series(r, "evals", "kid")
+        if s is None:
+            continue
+        c = colours.get(r.key, "#444")
+        sd = _series(r, "evals", "kid_std")
+        if sd is not None:
+            sd = sd.reindex(s.index)
+            ok = sd.notna().to_numpy()
+            x = s.index.to_numpy()[ok]
+            lo, hi = (s.to_numpy() - sd.to_numpy())[ok], (s.to_numpy() + sd.to_numpy())[ok]
+            if len(x):
+                fig.add_trace(go.Scatter(
+                    x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                    fillcolor=_rgba(c, 0.18), line={"width": 0}, hoverinfo="skip", showlegend=False,
+                    name=f"{r.label} ± std", xaxis=_xref(ids, r)))
+        fig.add_trace(go.Scatter(
+            x=s.index, y=s.to_numpy(), name=r.label, mode="lines+markers", xaxis=_xref(ids, r),
+            line={"color": c}, marker={"size": 5},
+            hovertemplate=f"{r.label}<br>{r.x_unit} %{{x}}<br>KID %{{y:.4f}}<extra></extra>"))
+    if not fig.data:
+        empty_note(fig, "no run with KID yet")
+    return fig
+
+
+def loss_figure(runs: list[Run], colours: dict[str, str], keys: list[str] | None = None,
+                smoothing: float = 0.0, show_events: bool = True) -> go.Figure:
+    """Every chosen ``loss/*`` of every run (colour: run, dash: which loss). With smoothing > 0 the raw
+    curve stays as a faint line under the smoothed one (2 traces per curve)."""
+    keys = loss_keys(runs) if keys is None else keys
+    title = "Losses" + (f" (EMA smoothing {smoothing:.2f}; raw curves faint)" if smoothing > 0 else "")
+    fig, ids = _base(title, "loss", runs, height=420)
+    for r in runs:
+        c = colours.get(r.key, "#444")
+        for k, key in enumerate(keys):
+            s = _series(r, "train", key)
+            if s is None:
+                continue
+            short = key[5:] if key.startswith("loss/") else key
+            dash = DASHES[k % len(DASHES)]
+            if smoothing > 0:
+                fig.add_trace(go.Scatter(x=s.index, y=s.to_numpy(), mode="lines", xaxis=_xref(ids, r),
+                                         line={"color": _rgba(c, 0.25), "width": 1, "dash": dash},
+                                         legendgroup=r.key, showlegend=False, hoverinfo="skip",
+                                         name=f"{r.label} · {short} (raw)"))
+            y = ema(s.to_numpy(), smoothing) if smoothing > 0 else s.to_numpy()
+            fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines", name=short, xaxis=_xref(ids, r),
+                                     line={"color": c, "dash": dash, "width": 2}, **_group(fig, r),
+                                     hovertemplate=f"{r.label} · {short}<br>{r.x_unit} %{{x}}<br>%{{y:.4f}}"
+                                                   f"<extra></extra>"))
+    if show_events:
+        _mark_events(fig, runs, ids, colours)
+    if not fig.data:
+        empty_note(fig, "no losses logged")
+    elif len(keys) > 1:
+        _style_note(fig, [(DASHES[k % len(DASHES)], key[5:] if key.startswith("loss/") else key)
+                          for k, key in enumerate(keys)])
+    return fig
+
+
+def _group(fig: go.Figure, run: Run) -> dict:
+    """Legend entries grouped per run: the run's name once, as the group title."""
+    first = not any(getattr(t, "legendgroup", None) == run.key and t.legendgrouptitle.text for t in fig.data)
+    out = {"legendgroup": run.key}
+    if first:
+        out["legendgrouptitle_text"] = run.label
+    return out
+
+
+def _mark_events(fig: go.Figure, runs: list[Run], ids: dict[str, str], colours: dict[str, str],
+                 limit: int = 12) -> None:
+    """Dotted vertical lines where a run logged a rollback, resume or interruption (shapes, not traces)."""
+    marks = [(r, e) for r in runs for e in r.events if e.get("event") in EVENT_MARKS and e.get("x") is not None]
+    for r, e in marks[:limit]:
+        fig.add_vline(x=e["x"], line={"color": colours.get(r.key, "#999"), "dash": "dot", "width": 1},
+                      xref=_xref(ids, r), annotation_text=EVENT_MARKS[e["event"]], annotation_textangle=-90,
+                      annotation_font={"size": 10, "color": "#666"}, annotation_position="top left")
+
+
+def dacc_figure(runs: list[Run], colours: dict[str, str], smoothing: float = 0.0) -> go.Figure:
+    """D accuracy on real (solid) and on fake (dash) per run, with the 0.5 reference line (EMA-smoothed
+    when smoothing > 0)."""
+    title = "D accuracy (0.5 = D cannot tell real from fake)" + (f", EMA {smoothing:.2f}" if smoothing > 0 else "")
+    fig, ids = _base(title, "accuracy", runs)
+    for r in runs:
+        c = colours.get(r.key, "#444")
+        for key, dash, what in (("acc/D_real", "solid", "real"), ("acc/D_fake", "dash", "fake")):
+            s = _series(r, "train", key)
+            if s is None:
+                continue
+            y = ema(s.to_numpy(), smoothing) if smoothing > 0 else s.to_numpy()
+            fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines", name=what, **_group(fig, r),
+                                     xaxis=_xref(ids, r), line={"color": c, "dash": dash},
+                                     hovertemplate=f"{r.label}<br>D acc on {what} %{{y:.3f}}<br>"
+                                                   f"{r.x_unit} %{{x}}<extra></extra>"))
+    fig.add_hline(y=0.5, line={"color": "#888", "dash": "dot", "width": 1.5},
+                  annotation_text="0.5", annotation_position="bottom right")
+    fig.update_yaxes(range=[-0.02, 1.02])
+    if not fig.data:
+        empty_note(fig, "no D accuracy logged")
+    else:
+        _style_note(fig, [("solid", "on real"), ("dash", "on fake")])
+    return fig
+
+
+def diversity_figure(runs: list[Run], colours: dict[str, str],
+                     computed: dict[str, list[tuple[float, float]]] | None = None) -> go.Figure:
+    """Mean pairwise MS-SSIM of generated samples (solid) against the real-image level (dotted); red
+    crosses where the collapse flag fired. ``computed``: run key -> [(x, SSIM)] estimated from the saved
+    grids (dash-dot; single-scale SSIM on tiles, an approximation)."""
+    fig, ids = _base("Sample similarity (higher = less diverse; MS-SSIM)", "mean pairwise MS-SSIM", runs)
+    computed = computed or {}
+    for r in runs:
+        c = colours.get(r.key, "#444")
+        fake = _series(r, "evals", "ms_ssim/fake")
+        real = _series(r, "evals", "ms_ssim/real")
+        if fake is not None:
+            fig.add_trace(go.Scatter(x=fake.index, y=fake.to_numpy(), mode="lines+markers", name="samples",
+                                     **_group(fig, r), xaxis=_xref(ids, r), line={"color": c}, marker={"size": 5}))
+        if real is not None:
+            fig.add_trace(go.Scatter(x=real.index, y=real.to_numpy(), mode="lines", name="real images",
+                                     **_group(fig, r), xaxis=_xref(ids, r), line={"color": c, "dash": "dot"}))
+        pts, src = collapse_points(r)
+        if pts and fake is not None:
+            y = fake.reindex(pts).to_numpy()
+            fig.add_trace(go.Scatter(x=pts, y=y, mode="markers", name="collapse flagged",
+                                     xaxis=_xref(ids, r), **_group(fig, r),
+                                     marker={"symbol": "x", "size": 12, "color": "#d62728", "line": {"width": 1}},
+                                     hovertemplate=f"{r.label}: collapse flagged ({src})<br>{r.x_unit} %{{x}}"
+                                                   f"<extra></extra>"))
+        est = computed.get(r.key)
+        if est:
+            xs, ys = zip(*est)
+            fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", xaxis=_xref(ids, r),
+                                     name="grid SSIM (approx.)", **_group(fig, r),
+                                     line={"color": c, "dash": "dashdot"}, marker={"symbol": "diamond", "size": 6}))
+    if not fig.data:
+        empty_note(fig, "no MS-SSIM logged — compute an estimate from the sample grids in Samples")
+    else:
+        kinds = [("solid", "samples"), ("dot", "real images")]
+        if any(t.name == "collapse flagged" for t in fig.data):
+            kinds.append(("cross", "collapse flagged"))
+        if computed:
+            kinds.append(("dashdot", "grid SSIM (approx.)"))
+        _style_note(fig, kinds)
+    return fig
+
+
+def scalar_figure(runs: list[Run], colours: dict[str, str], key: str, frame: str = "train",
+                  smoothing: float = 0.0) -> go.Figure:
+    """Any other logged scalar (img/s, augment p, ...), one line per run."""
+    fig, ids = _base(key, key, runs, height=320)
+    for r in runs:
+        s = _series(r, frame, key)
+        if s is None:
+            continue
+        y = ema(s.to_numpy(), smoothing) if smoothing > 0 else s.to_numpy()
+        fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines", name=r.label, xaxis=_xref(ids, r),
+                                 line={"color": colours.get(r.key)}))
+    if not fig.data:
+        empty_note(fig, f"no run logged {key}")
+    return fig
+
+
+# ---- review ---------------------------------------------------------------------------------------
+def short_label(text: str, n: int = 30) -> str:
+    """Long source names cut in the middle for axis labels (the hover shows them whole)."""
+    return text if len(text) <= n else text[: n // 2 - 1] + "…" + text[-(n - n // 2):]
+
+
+def win_rate_heatmap(rates: pd.DataFrame, games: pd.DataFrame) -> go.Figure:
+    z = rates.to_numpy(dtype=float)
+    text = [[("" if np.isnan(z[i, j]) else f"{z[i, j]:.0%}<br>n={games.iat[i, j]}") for j in range(z.shape[1])]
+            for i in range(z.shape[0])]
+    names = [str(s) for s in rates.index]
+    full = [[[names[i], names[j]] for j in range(len(names))] for i in range(len(names))]
+    fig = go.Figure(go.Heatmap(z=z, x=list(rates.columns), y=list(rates.index), text=text, texttemplate="%{text}",
+                               zmin=0, zmax=1, colorscale="RdBu", hoverongaps=False, customdata=full,
+                               colorbar={"title": {"text": "row wins"}},
+                               hovertemplate="%{customdata[0]} vs %{customdata[1]}<br>row won %{z:.1%}"
+                                             "<extra></extra>"))
+    ticks = {"tickmode": "array", "tickvals": list(rates.index), "ticktext": [short_label(n) for n in names]}
+    fig.update_layout(template="plotly_white", height=160 + 60 * len(rates), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      title={"text": "Win rate of row against column (ties = ½)", "x": 0.01},
+                      yaxis={"autorange": "reversed", "automargin": True, **ticks},
+                      xaxis={"side": "bottom", "tickangle": -25, "automargin": True, **ticks})
+    return fig
+
+
+def bt_figure(table: pd.DataFrame, level: float = 0.95) -> go.Figure:
+    t = table.iloc[::-1]
+    fig = go.Figure(go.Scatter(
+        x=t["theta"], y=[short_label(str(s)) for s in t["source"]], mode="markers", marker={"size": 10, "color": "#1f77b4"},
+        error_x={"type": "data", "symmetric": False, "array": t["hi"] - t["theta"], "arrayminus": t["theta"] - t["lo"]},
+        hovertemplate="%{y}<br>strength %{x:.2f}<extra></extra>", name="Bradley–Terry"))
+    fig.add_vline(x=0, line={"color": "#aaa", "dash": "dot"})
+    fig.update_layout(template="plotly_white", height=120 + 40 * len(t), margin={"l": 10, "r": 10, "t": 40, "b": 40},
+                      title={"text": f"Bradley–Terry log-strength with {level:.0%} intervals", "x": 0.01},
+                      xaxis_title="log-strength (0 = average source)")
+    return fig

@@ -1,0 +1,551 @@
+"""pokelab studio - judge training runs and review results (Streamlit page code only).
+
+    streamlit run studio                                  # the shipped checkpoints/ and ./runs
+    streamlit run studio -- --runs DIR [DIR ...] --review-db reviews.db [--lock-roots]
+
+Data loading and statistics live in plain modules (studio.data, studio.grids, studio.plots,
+studio.review_stats); this file lays them out. It never imports torch or the training code.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # `streamlit run studio` puts studio/ (not the repo) on sys.path
+    sys.path.insert(0, str(_REPO))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+from streamlit.errors import StreamlitAPIException  # noqa: E402
+
+from engines import review as RV  # noqa: E402
+from studio import data as D  # noqa: E402
+from studio import grids as G  # noqa: E402
+from studio import paths as PA  # noqa: E402
+from studio import plots as P  # noqa: E402
+from studio import review_stats as RS  # noqa: E402
+
+VIEWS = ("Runs", "Trends", "Samples", "Compare", "Review")
+# plain symbols rather than emoji: they render in any font (emoji fonts are often missing on servers)
+STATUS_ICON = {"finished": "✓", "running": "●", "running?": "?", "failed": "✗", "interrupted": "‖",
+               "broken": "⚠", "unreadable": "⚠", "stopped": "■", "unknown": "·"}
+LEVEL_ICON = {"ok": ":green[✓]", "warn": ":orange[⚠]", "info": ":gray[ℹ]"}
+
+
+# ---- configuration ---------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="streamlit run studio --", add_help=False)
+    ap.add_argument("--runs", nargs="+", action="extend", default=[], help="run folders (roots) to read")
+    ap.add_argument("--review-db", default=None, help="review database (default: reviews.db in the working dir)")
+    ap.add_argument("--lock-roots", action="store_true", help="hide the sidebar field that adds folders")
+    ap.add_argument("--refresh", type=float, default=10.0, help="auto-refresh period in seconds")
+    ap.add_argument("--no-defaults", action="store_true", help="do not add checkpoints/ and ./runs")
+    args, _ = ap.parse_known_args(argv)  # unknown arguments (a test runner's) are ignored
+    env_runs = os.environ.get("POKELAB_STUDIO_RUNS")
+    if env_runs:
+        args.runs += [p for p in env_runs.split(os.pathsep) if p]
+    args.review_db = args.review_db or os.environ.get("POKELAB_REVIEW_DB")
+    args.no_defaults = args.no_defaults or os.environ.get("POKELAB_STUDIO_NO_DEFAULTS") == "1"
+    return args
+
+
+def init_state(args: argparse.Namespace) -> None:
+    ss = st.session_state
+    if "roots_text" not in ss:
+        roots = PA.parse_roots(args.runs) + ([] if args.no_defaults else PA.default_roots())
+        seen: list[Path] = []
+        for r in roots:
+            if r not in seen:
+                seen.append(r)
+        ss.roots_text = "\n".join(str(r) for r in seen)
+        ss.cli_roots = [str(r) for r in PA.parse_roots(args.runs)]
+    if "review_db" not in ss:
+        ss.review_db = str(Path(args.review_db).expanduser().resolve()) if args.review_db else str(Path.cwd() / "reviews.db")
+        ss.cli_review_dir = str(Path(ss.review_db).parent) if args.review_db else None
+    ss.setdefault("computed_div", {})
+    ss.setdefault("gif", {})
+
+
+# ---- cached loading ----------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _cached_run(path: str, tool: str, root: str, sig: tuple) -> D.Run:
+    return D.load_run(path, tool, root)
+
+
+def load_all(roots: list[Path]) -> list[D.Run]:
+    """Every run under the roots; each is re-read only when its files changed (signature)."""
+    found = D.discover(roots)
+    labels = D.unique_labels([p for p, _, _ in found])
+    now = time.time()
+    out = []
+    for p, tool, root in found:
+        r = _cached_run(str(p), tool, str(root), D.signature(p, tool))
+        r.label = labels[p]
+        out.append(D.refresh_status(r, now))
+    return D.sort_runs(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _cached_diversity(path: str, roots: tuple[str, ...], mtime: float, layout: D.GridLayout) -> dict:
+    return G.grid_diversity(path, roots, layout)
+
+
+@st.cache_data(show_spinner=False, max_entries=50)
+def _cached_gif(frames: tuple[tuple[str, str], ...], roots: tuple[str, ...], mtimes: tuple, fps: float,
+                max_side: int) -> tuple[bytes, list[str]]:
+    return G.timeline_gif(list(frames), roots, fps=fps, max_side=max_side)
+
+
+@st.cache_data(show_spinner=False, max_entries=20)
+def _cached_reviews(path: str, mtime: float, size: int) -> list[dict]:
+    return RV.load(path)
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# ---- small helpers ------------------------------------------------------------------------------------
+def _image(data, caption: str, width) -> None:
+    """st.image with an int or "stretch" width (older Streamlit: use_container_width instead)."""
+    try:
+        st.image(data, caption=caption, width=width)
+    except (TypeError, ValueError, StreamlitAPIException):
+        if width == "stretch":
+            st.image(data, caption=caption, use_container_width=True)
+        else:
+            st.image(data, caption=caption, width=int(width))
+
+
+def _dataframe(df, **kw) -> None:
+    """st.dataframe; the ``placeholder`` for missing values is dropped on Streamlit versions without it."""
+    try:
+        st.dataframe(df, **kw)
+    except TypeError:
+        kw.pop("placeholder", None)
+        st.dataframe(df, **kw)
+
+
+def run_label(runs_by_key: dict[str, D.Run]):
+    return lambda k: runs_by_key[k].label if k in runs_by_key else k
+
+
+def show_image(run: D.Run, path: Path, roots: list[Path], caption: str, max_width: int | None = None) -> bool:
+    """A sample grid, read only after the roots check; a warning (not a crash) when unreadable.
+    ``max_width``: show at most this wide (small grids are not blown up to the page width)."""
+    try:
+        data = PA.read_bytes_inside(path, roots)
+        im = G.load_image(path, roots)  # validates the image (a half-written PNG raises here)
+    except (OSError, ValueError) as e:
+        st.warning(f"{run.label}: cannot show {path.name}: {e}")
+        return False
+    if max_width:  # small grids shown at twice their size at most, never wider than max_width
+        _image(data, caption, int(min(max_width, 2 * im.width if im.width < 320 else im.width)))
+    else:
+        _image(data, caption, "stretch")
+    return True
+
+
+def unit_note(runs: list[D.Run]) -> None:
+    units = sorted({r.x_unit for r in runs})
+    if len(units) > 1:
+        st.caption("x axes: " + ", ".join(f"**{u}** for {P.UNIT_TOOL.get(u, u)} runs" for u in units)
+                   + " — each unit has its own axis (bottom / top); the scales are not comparable.")
+
+
+def verdict_block(run: D.Run) -> None:
+    for v in D.verdict(run):
+        st.markdown(f"{LEVEL_ICON[v['level']]} **{v['topic']}** — {v['text']}")
+
+
+# ---- views ---------------------------------------------------------------------------------------------
+def view_runs(roots: list[Path]) -> None:
+    runs = load_all(roots)
+    if not runs:
+        st.info("No runs found in the configured folders. Train one with `pokelab train ...`, add a folder in "
+                "the sidebar, or write demo runs with `python -m studio.demo DIR`.")
+        return
+    table = D.runs_table(runs)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Runs", len(runs))
+    c2.metric("Running", int((table["status"].isin(["running", "running?"])).sum()))
+    c3.metric("Finished", int((table["status"] == "finished").sum()))
+    c4.metric("With problems", int((table["warnings"] > 0).sum()))
+    shown = table.copy()
+    shown["status"] = [f"{STATUS_ICON.get(s, '·')} {s}" for s in shown["status"]]
+    shown["completion"] = [(d / p if (d == d and p == p and p) else None) for d, p in zip(table["done"], table["planned"])]
+    shown = shown[["run", "engine", "dataset", "status", "progress", "completion", "best FID", "best FID at",
+                   "last KID", "img/s", "wall time", "samples", "warnings"]]
+    _dataframe(
+        shown, hide_index=True, key="runs_table", placeholder="",
+        column_config={
+            "best FID": st.column_config.NumberColumn(format="%.2f"),
+            "best FID at": st.column_config.NumberColumn(format="%g"),
+            "last KID": st.column_config.NumberColumn(format="%.4f"),
+            "img/s": st.column_config.NumberColumn(format="%.0f"),
+            "completion": st.column_config.ProgressColumn("done", min_value=0.0, max_value=1.0, format="percent",
+                                                          width="small"),
+            "warnings": st.column_config.NumberColumn("⚠", help="problems found while reading the run", width="small"),
+            "samples": st.column_config.NumberColumn("grids", width="small"),
+        })
+    st.caption("Progress in epochs for pokelab runs, kimg for stylegan2-ada, steps for lightweight-gan. "
+               "img/s: mean of the last 10 logged values. ⚠: problems found while reading the run (listed below).")
+
+    problems = [r for r in runs if r.warnings]
+    if problems:
+        st.subheader("Problems")
+        for r in problems:
+            for w in r.warnings:
+                st.warning(f"**{r.label}** — {w}")
+    notes = [(r, n) for r in runs for n in r.notes]
+    if notes:
+        with st.expander(f"Notes ({len(notes)})"):
+            for r, n in notes:
+                st.caption(f"{r.label}: {n}")
+
+    st.subheader("Run details")
+    by_key = {r.key: r for r in runs}
+    healthy = [k for k, r in by_key.items() if r.status not in ("broken", "unreadable")]
+    key = st.selectbox("Run", list(by_key), index=list(by_key).index(healthy[0]) if healthy else 0,
+                       format_func=run_label(by_key), key="detail_run")
+    r = by_key[key]
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown(f"`{r.path}`  \n**{r.tool}** · engine **{r.engine}** · dataset **{r.dataset}** · "
+                    f"status **{r.status}** · {r.info.get('device', '')}")
+        verdict_block(r)
+        if r.events:
+            st.markdown("**Events**")
+            st.dataframe(pd.DataFrame(r.events), hide_index=True)
+        log = r.path / "log.txt"
+        if log.is_file():
+            with st.expander("log.txt (end)"):
+                try:
+                    st.code(PA.tail_text(log, roots)[-6000:], language=None)
+                except (OSError, ValueError) as e:
+                    st.warning(f"cannot read log.txt: {e}")
+    with right:
+        if r.info:
+            with st.expander("run.json" if r.tool == "pokelab" else "training options", expanded=False):
+                st.json(r.info, expanded=1)
+        if r.samples:
+            x, p = r.samples[-1]
+            show_image(r, p, roots, f"latest samples: {r.x_unit} {D.fmt_x(x)}")
+
+
+def view_trends(roots: list[Path]) -> None:
+    runs = load_all(roots)
+    if not runs:
+        st.info("No runs found.")
+        return
+    by_key = {r.key: r for r in runs}
+    colours = P.colour_map(runs)
+    default = [r.key for r in runs if (len(r.train) or len(r.evals)) and r.status not in ("broken", "unreadable")][:6]
+    keep = [k for k in st.session_state.get("trend_runs", default) if k in by_key]
+    sel = st.multiselect("Runs", list(by_key), default=keep, format_func=run_label(by_key), key="trend_runs_w")
+    st.session_state.trend_runs = sel
+    chosen = [by_key[k] for k in sel]
+    if not chosen:
+        st.info("Pick one or more runs.")
+        return
+    c1, c2 = st.columns([1, 2])
+    smoothing = c1.slider("Smoothing (EMA) of losses and D accuracy", 0.0, 0.99, 0.6, 0.01, key="smoothing",
+                          help="Exponential moving average with bias correction; 0 = raw values.")
+    keys = D.loss_keys(chosen)
+    loss_sel = c2.multiselect("Losses", keys, default=keys, key="loss_keys")
+    st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
+    unit_note(chosen)
+    a, b = st.columns(2)
+    with a:
+        st.plotly_chart(P.fid_figure(chosen, colours), key="fig_fid")
+    with b:
+        st.plotly_chart(P.kid_figure(chosen, colours), key="fig_kid")
+    a, b = st.columns(2)
+    with a:
+        st.plotly_chart(P.loss_figure(chosen, colours, loss_sel, smoothing), key="fig_loss")
+    with b:
+        st.plotly_chart(P.dacc_figure(chosen, colours, smoothing), key="fig_dacc")
+    a, b = st.columns(2)
+    with a:
+        computed = {k: v for k, v in st.session_state.computed_div.items() if k in sel}
+        st.plotly_chart(P.diversity_figure(chosen, colours, computed), key="fig_div")
+        missing = [r for r in chosen if D.collapse_points(r)[1] == "" and r.samples and r.key not in computed
+                   and r.info.get("kind") != "translate"]
+        if missing and st.button(f"Estimate diversity from sample grids for {len(missing)} run(s) without MS-SSIM",
+                                 key="div_from_trends"):
+            for r in missing:
+                compute_diversity(r, roots)
+            st.rerun()
+    with b:
+        others = sorted({c for r in chosen for c in r.train.columns
+                         if c not in ("x", "epoch", "step", "time", "wall") and not c.startswith(("loss/", "acc/D_"))
+                         and pd.api.types.is_numeric_dtype(r.train[c])})
+        if others:
+            key = st.selectbox("Other scalar", others, index=others.index("img_per_s") if "img_per_s" in others else 0,
+                               key="other_scalar")
+            st.plotly_chart(P.scalar_figure(chosen, colours, key), key="fig_other")
+
+
+def compute_diversity(run: D.Run, roots: list[Path], max_grids: int = 12) -> list[tuple[float, float]]:
+    """Mean pairwise SSIM of the tiles of up to ``max_grids`` grids (evenly spread), cached per file."""
+    pts, errors = [], []
+    picks = G.spread(run.samples, max_grids)
+    bar = st.progress(0.0, text=f"{run.label}: SSIM among tiles")
+    for i, (x, p) in enumerate(picks):
+        try:
+            res = _cached_diversity(str(p), tuple(str(r) for r in roots), _mtime(p), run.layout)
+            pts.append((x, res["ssim"]))
+        except (OSError, ValueError) as e:
+            errors.append(f"{p.name}: {e}")
+        bar.progress((i + 1) / len(picks), text=f"{run.label}: SSIM among tiles ({i + 1}/{len(picks)})")
+    bar.empty()
+    for e in errors[:5]:
+        st.warning(f"{run.label}: {e}")
+    if pts:
+        st.session_state.computed_div[run.key] = pts
+    return pts
+
+
+def view_samples(roots: list[Path]) -> None:
+    runs = [r for r in load_all(roots) if r.samples]
+    if not runs:
+        st.info("No run with sample grids yet.")
+        return
+    by_key = {r.key: r for r in runs}
+    c1, c2 = st.columns(2)
+    # default: the finished run with the most grids (the most to look at)
+    best = max(by_key.values(), key=lambda r: (r.status == "finished", len(r.samples)))
+    ka = c1.selectbox("Run", list(by_key), index=list(by_key).index(best.key),
+                      format_func=run_label(by_key), key="sample_run")
+    ra = by_key[ka]
+    xs = [x for x, _ in ra.samples]
+    x = st.select_slider(f"{ra.x_unit}", options=xs, value=xs[-1], format_func=D.fmt_x, key=f"sample_x::{ka}")
+    others = [k for k in by_key if k != ka]
+    kb = c2.selectbox("Side by side with", [None] + others,
+                      format_func=lambda k: "—" if k is None else by_key[k].label, key="sample_run_b")
+    cols = st.columns(2) if kb else [st.container()]
+    _, pa = next(s for s in ra.samples if s[0] == x)
+    with cols[0]:
+        show_image(ra, pa, roots, f"{ra.label} — {ra.x_unit} {D.fmt_x(x)}", max_width=640)
+    if kb:
+        rb = by_key[kb]
+        if rb.x_unit == ra.x_unit:
+            xb, pb = D.nearest_sample(rb, x)
+            how = f"nearest {rb.x_unit}" if xb != x else f"same {rb.x_unit}"
+        else:  # different units: match the same fraction of each run's sampled range
+            frac = x / max(xs[-1], 1e-9)
+            xb, pb = D.nearest_sample(rb, frac * rb.samples[-1][0])
+            how = f"same fraction ({frac:.0%}) of the run"
+        with cols[1]:
+            show_image(rb, pb, roots, f"{rb.label} — {rb.x_unit} {D.fmt_x(xb)} ({how})", max_width=640)
+
+    st.subheader("Timeline GIF")
+    g1, g2, g3 = st.columns(3)
+    fps = g1.slider("frames per second", 1, 12, 4, key="gif_fps")
+    max_frames = g2.slider("at most frames", 5, 200, 60, key="gif_frames")
+    side = g3.select_slider("size (px)", [256, 384, 512, 768], value=512, key="gif_side")
+    if st.button("Build GIF", key="gif_build"):
+        picks = G.spread(ra.samples, max_frames)
+        frames = tuple((f"{ra.x_unit} {D.fmt_x(xx)}", str(pp)) for xx, pp in picks)
+        try:
+            with st.spinner("building the GIF"):
+                gif, skipped = _cached_gif(frames, tuple(str(r) for r in roots),
+                                           tuple(_mtime(Path(p)) for _, p in frames), float(fps), int(side))
+            st.session_state.gif = {"key": ka, "bytes": gif, "skipped": skipped, "n": len(frames)}
+        except (OSError, ValueError) as e:
+            st.warning(f"{ra.label}: no GIF: {e}")
+    gif = st.session_state.gif
+    if gif.get("key") == ka:
+        for s in gif["skipped"]:
+            st.warning(f"{ra.label}: left out of the GIF: {s}")
+        st.image(gif["bytes"], caption=f"{ra.label}: {gif['n']} grids", width=min(side, 512))
+        st.download_button("Download GIF", gif["bytes"], file_name=f"{ra.path.name}-timeline.gif",
+                           mime="image/gif", key="gif_download")
+
+    st.subheader("Diversity from the grids")
+    st.caption("Mean pairwise SSIM among the tiles of each saved grid (single-scale SSIM, an approximation of "
+               "the MS-SSIM the trainer logs; higher = samples look more alike). Computed on demand and cached.")
+    if ra.info.get("kind") == "translate":
+        st.info("Translation grids show inputs, outputs and reconstructions side by side: similarity among their "
+                "tiles says nothing about diversity, so it is not computed for translation runs.")
+        return
+    n = st.slider("grids to measure", 2, 40, 12, key="div_grids")
+    if st.button("Compute", key="div_compute"):
+        compute_diversity(ra, roots, n)
+    pts = st.session_state.computed_div.get(ka)
+    if pts:
+        colours = P.colour_map(runs)
+        st.plotly_chart(P.diversity_figure([ra], colours, {ka: pts}), key="fig_div_samples")
+
+
+def view_compare(roots: list[Path]) -> None:
+    runs = load_all(roots)
+    if not runs:
+        st.info("No runs found.")
+        return
+    by_key = {r.key: r for r in runs}
+    ranked = sorted([r for r in runs if D.best_fid(r)[0] is not None], key=lambda r: D.best_fid(r)[0])
+    default = [r.key for r in (ranked or runs)[:3]]
+    sel = st.multiselect("Runs to compare", list(by_key), default=default, format_func=run_label(by_key),
+                         key="cmp_runs")
+    chosen = [by_key[k] for k in sel]
+    if not chosen:
+        st.info("Pick runs to compare.")
+        return
+    table = D.runs_table(chosen).set_index("run")
+    rows = ["tool", "engine", "dataset", "status", "progress", "best FID", "best FID at", "last KID", "img/s",
+            "wall time", "warnings"]
+    shown = table[rows].T.astype(object)
+    for c in shown.columns:
+        for rname, fmt in (("best FID", "{:.2f}"), ("last KID", "{:.4f}"), ("img/s", "{:.0f}"), ("best FID at", "{:g}")):
+            v = shown.at[rname, c]
+            shown.at[rname, c] = "" if v is None or v != v else fmt.format(v)
+    st.dataframe(shown.astype(str), key="cmp_table", height=35 * (len(shown) + 1) + 3)
+    cols = st.columns(len(chosen))
+    for col, r in zip(cols, chosen):
+        with col:
+            st.markdown(f"#### {r.label}")
+            verdict_block(r)
+            if r.samples:
+                x, p = r.samples[-1]
+                show_image(r, p, roots, f"{r.x_unit} {D.fmt_x(x)}")
+    colours = P.colour_map(runs)
+    smoothing = st.slider("Smoothing (EMA) of losses and D accuracy", 0.0, 0.99, 0.6, 0.01, key="cmp_smoothing")
+    st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
+    unit_note(chosen)
+    a, b = st.columns(2)
+    a.plotly_chart(P.fid_figure(chosen, colours), key="cmp_fid")
+    b.plotly_chart(P.kid_figure(chosen, colours), key="cmp_kid")
+    a, b = st.columns(2)
+    a.plotly_chart(P.loss_figure(chosen, colours, None, smoothing), key="cmp_loss")
+    b.plotly_chart(P.dacc_figure(chosen, colours, smoothing), key="cmp_dacc")
+    computed = {k: v for k, v in st.session_state.computed_div.items() if k in sel}
+    st.plotly_chart(P.diversity_figure(chosen, colours, computed), key="cmp_div")
+    st.caption(f"Verdict rules: FID — best value and where; a rise of more than 10% after the best is flagged. "
+               f"Collapse — the trainer's collapse flag (MS-SSIM of samples above the real images' by more than "
+               f"{D.COLLAPSE_MARGIN}). D balance — mean D accuracy over the last 10% of logged points (5 to 50 "
+               f"points): flagged when (real + fake)/2 is further than {D.DRIFT_TOL} from 0.5, or real and fake "
+               f"differ by more than {D.SPLIT_TOL}. Details in docs/studio.md.")
+
+
+def view_review(review_db: str, roots: list[Path], extra_dirs: list[str]) -> None:
+    path = Path(review_db).expanduser()
+    allowed = [*roots, Path.cwd(), *[Path(d) for d in extra_dirs if d]]
+    if not PA.is_inside(path, allowed):
+        st.error(f"{path} is outside the folders the studio may read (the run folders, the working directory"
+                 f"{' and the --review-db folder' if extra_dirs else ''}).")
+        return
+    if not path.exists():
+        st.info(f"No review database at `{path}` yet: ratings are written by the app's blind review "
+                "(or pass `--review-db PATH`).")
+        return
+    try:
+        st_ = path.stat()
+        rows = _cached_reviews(str(path.resolve()), st_.st_mtime, st_.st_size)
+    except (RV.ReviewDBError, OSError) as e:
+        st.error(f"Cannot read the review database: {e}")
+        return
+    if not rows:
+        st.info("The review database holds no ratings yet.")
+        return
+    questions = [q for q in RV.QUESTIONS if any(r["question"] == q for r in rows)]
+    questions += sorted({r["question"] for r in rows} - set(questions))
+    q = st.selectbox("Question", questions, format_func=lambda k: f"{k}: {RV.QUESTIONS.get(k, k)}", key="review_q")
+    qrows = RS.for_question(rows, q)
+    s = RS.summary(qrows)
+    c = st.columns(5)
+    c[0].metric("Ratings", s["ratings"])
+    c[1].metric("Raters", s["raters"])
+    c[2].metric("Sessions", s["sessions"])
+    c[3].metric("Ties", s["ties"])
+    c[4].metric("Sources", s["sources"])
+    if s["self_pairs"]:
+        st.caption(f"{s['self_pairs']} rating(s) compared a source with itself: left out of win rates and ranking.")
+
+    method = st.radio("Bradley–Terry intervals", ["fisher", "bootstrap"], horizontal=True, key="bt_ci",
+                      format_func=lambda m: {"fisher": "Fisher information", "bootstrap": "bootstrap over ratings (200×)"}[m])
+    table, info = RS.rank_sources(qrows, ci=method)
+    order = list(table["source"]) if len(table) else None  # strongest first, in the matrix too
+    rates, games = RS.win_rate_matrix(qrows, order)
+    a, b = st.columns(2)
+    with a:
+        st.plotly_chart(P.win_rate_heatmap(rates, games), key="fig_winrate")
+    with b:
+        if len(table):
+            st.plotly_chart(P.bt_figure(table), key="fig_bt")
+    for n in info["notes"]:
+        st.caption(n)
+    if len(table):
+        shown = table.rename(columns={"theta": "strength", "lo": "95% low", "hi": "95% high"})
+        st.dataframe(shown, hide_index=True, key="bt_table",
+                     column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                    for k in ("strength", "95% low", "95% high", "share", "win rate")})
+        st.caption("Strength: Bradley–Terry log-strength, centred on 0; P(A beats B) = 1 / (1 + exp(strength B − "
+                   "strength A)). Share: the strengths as shares of 1. Ties count as half a win for each side.")
+
+    st.markdown("**Agreement between raters** (pairs judged by two or more raters)")
+    ag = RS.agreement(qrows)
+    c = st.columns(4)
+    c[0].metric("Repeated pairs", ag["repeated_pairs"])
+    c[1].metric("Answers on them", ag["answers"])
+    c[2].metric("Percent agreement", "–" if ag["percent"] != ag["percent"] else f"{ag['percent']:.0%}")
+    c[3].metric("Fleiss' κ", "–" if ag["kappa"] != ag["kappa"] else f"{ag['kappa']:.2f}")
+    st.caption("Percent agreement: share of rater pairs giving the same answer on the same pair of images, "
+               "averaged over pairs. Fleiss' κ corrects it for the agreement expected by chance from how often "
+               "each answer is given (κ = 1 perfect, 0 chance level). docs/studio.md has the details.")
+
+
+# ---- page -----------------------------------------------------------------------------------------------
+def main() -> None:
+    st.set_page_config(page_title="pokelab studio", page_icon="📈", layout="wide")
+    args = parse_args(sys.argv[1:])
+    init_state(args)
+    ss = st.session_state
+    with st.sidebar:
+        st.title("pokelab studio")
+        view = st.radio("View", VIEWS, key="view")
+        st.text_area("Run folders (one per line)", key="roots_text", height=110, disabled=args.lock_roots,
+                     help="Folders holding runs (pokelab, stylegan2-ada-pytorch, lightweight-gan). "
+                          "Only files inside these folders are read.")
+        st.text_input("Review database", key="review_db")
+        auto = st.toggle("Auto-refresh while runs are running", value=True, key="auto_refresh")
+        every = st.number_input("every (seconds)", min_value=2.0, max_value=600.0, value=float(args.refresh),
+                                step=1.0, key="refresh_s")
+    roots_all = PA.parse_roots(ss.roots_text)
+    if args.lock_roots:  # hosted use: only the folders given on the command line
+        roots_all = [r for r in roots_all if str(r) in ss.cli_roots or r in PA.default_roots()]
+    roots = [r for r in roots_all if r.is_dir()]
+    with st.sidebar:
+        for r in roots_all:
+            if not r.is_dir():
+                st.caption(f"⚠️ not a folder: `{r}`")
+        if not roots:
+            st.caption("No run folder configured.")
+
+    any_running = False
+    if auto and view in ("Runs", "Trends", "Compare"):
+        any_running = any(r.status == "running" for r in load_all(roots))
+    run_every = float(every) if auto and any_running else None
+
+    if view == "Runs":
+        st.fragment(view_runs, run_every=run_every)(roots)
+    elif view == "Trends":
+        st.fragment(view_trends, run_every=run_every)(roots)
+    elif view == "Samples":
+        view_samples(roots)
+    elif view == "Compare":
+        st.fragment(view_compare, run_every=run_every)(roots)
+    else:
+        view_review(ss.review_db, roots, [ss.cli_review_dir] if ss.get("cli_review_dir") else [])
+    if run_every:
+        st.sidebar.caption(f"● running runs refresh every {run_every:g} s")
+
+
+main()
