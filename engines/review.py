@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA_VERSION = 1
+#: where the app writes and the studio reads answers unless told otherwise (env POKELAB_REVIEW_DB)
+DEFAULT_PATH = Path("runs") / "review.sqlite"
 QUESTIONS = {
     "pokemon": "Which one looks more like a Pokémon?",
     "novel": "Which one is a newer design (not a copy of an existing Pokémon)?",
@@ -43,6 +45,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
 class ReviewDBError(RuntimeError):
     pass
+
+
+def default_path() -> Path:
+    """The review database the app and the studio share by default."""
+    return Path(os.environ.get("POKELAB_REVIEW_DB") or DEFAULT_PATH)
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:

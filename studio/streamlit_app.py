@@ -1,7 +1,7 @@
 """pokelab studio - judge training runs and review results (Streamlit page code only).
 
     streamlit run studio                                  # the shipped checkpoints/ and ./runs
-    streamlit run studio -- --runs DIR [DIR ...] --review-db reviews.db [--lock-roots]
+    streamlit run studio -- --runs DIR [DIR ...] --review-db runs/review.sqlite [--lock-roots]
 
 Data loading and statistics live in plain modules (studio.data, studio.grids, studio.plots,
 studio.review_stats); this file lays them out. It never imports torch or the training code.
@@ -40,7 +40,7 @@ LEVEL_ICON = {"ok": ":green[✓]", "warn": ":orange[⚠]", "info": ":gray[ℹ]"}
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="streamlit run studio --", add_help=False)
     ap.add_argument("--runs", nargs="+", action="extend", default=[], help="run folders (roots) to read")
-    ap.add_argument("--review-db", default=None, help="review database (default: reviews.db in the working dir)")
+    ap.add_argument("--review-db", default=None, help="review database (default: $POKELAB_REVIEW_DB or runs/review.sqlite, as the app)")
     ap.add_argument("--lock-roots", action="store_true", help="hide the sidebar field that adds folders")
     ap.add_argument("--refresh", type=float, default=10.0, help="auto-refresh period in seconds")
     ap.add_argument("--no-defaults", action="store_true", help="do not add checkpoints/ and ./runs")
@@ -64,7 +64,7 @@ def init_state(args: argparse.Namespace) -> None:
         ss.roots_text = "\n".join(str(r) for r in seen)
         ss.cli_roots = [str(r) for r in PA.parse_roots(args.runs)]
     if "review_db" not in ss:
-        ss.review_db = str(Path(args.review_db).expanduser().resolve()) if args.review_db else str(Path.cwd() / "reviews.db")
+        ss.review_db = str(Path(args.review_db or RV.default_path()).expanduser().resolve())
         ss.cli_review_dir = str(Path(ss.review_db).parent) if args.review_db else None
     ss.setdefault("computed_div", {})
     ss.setdefault("gif", {})

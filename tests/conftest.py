@@ -27,3 +27,10 @@ def pokemon_dir():
     if not d.is_dir():
         pytest.skip("shared Pokémon images not available")
     return d
+
+
+def pytest_configure(config):
+    # Tiny nets: one intra-op thread is faster than two fighting over a shared 2-core machine.
+    import torch
+
+    torch.set_num_threads(1)

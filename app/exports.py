@@ -1,0 +1,303 @@
+"""Which engine exports the app serves, loaded once per process, and the training sets behind them.
+
+Discovery reads only each export's config.json (``engines.export.read_export_config``); weights are
+loaded on first use and kept (one engine object per export and process, shared by all requests:
+sampling is read-only in eval mode). A folder given on the command line may be an export, a run
+folder (its ``export/``), or a folder holding either one level down (``checkpoints/<name>/`` and
+``checkpoints/runs/<run-id>/``); an export reachable twice (a shipped copy of a run's export) is
+listed once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.export import ExportError, read_export_config, resolve_export_dir
+from engines.runs import is_run_dir
+
+from .appconfig import REPO_ROOT
+from .inputs import AppInputError
+
+log = logging.getLogger("pokelab.app")
+
+
+@dataclass
+class ExportEntry:
+    key: str                 # unique short name (the dropdown value)
+    path: Path               # the export folder (resolved)
+    config: dict[str, Any]   # its config.json
+
+    @property
+    def engine_name(self) -> str:
+        return str(self.config.get("engine", "?"))
+
+    @property
+    def kind(self) -> str:
+        return str(self.config.get("kind") or "generate")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.get("image_size") or 0)
+
+    @property
+    def supports(self) -> set[str]:
+        extra = self.config.get("extra") or {}
+        sup = extra.get("supports") if isinstance(extra, dict) else None
+        return {str(s) for s in sup} if isinstance(sup, (list, tuple)) else set()
+
+    @property
+    def trained(self) -> dict[str, Any]:
+        t = self.config.get("trained")
+        return t if isinstance(t, dict) else {}
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        d = self.trained.get("dataset")
+        if isinstance(d, list):  # translation engines record (source, target); the target is what they make
+            d = d[-1] if d else {}
+        return d if isinstance(d, dict) else {}
+
+    @property
+    def display_path(self) -> str:
+        try:
+            return str(self.path.relative_to(REPO_ROOT))
+        except ValueError:
+            return str(self.path)
+
+    @property
+    def source_id(self) -> str:
+        """How the review database names this export (e.g. 'dcgan:checkpoints/dcgan')."""
+        return f"{self.engine_name}:{self.display_path}"
+
+    def label(self) -> str:
+        bits = [self.key, self.engine_name, f"{self.image_size} px"]
+        ep = self.trained.get("epochs")
+        if ep is not None:
+            bits.append(f"{ep} epochs")
+        ds = self.dataset.get("name")
+        if ds:
+            bits.append(str(ds))
+        return " · ".join(bits)
+
+    def facts(self) -> dict[str, Any]:
+        """Training facts for the About tab and the export summary (only what the export records)."""
+        t, ds = self.trained, self.dataset
+        ec = self.config.get("engine_config") or {}
+        return {
+            "name": self.key,
+            "engine": self.engine_name,
+            "image_size": self.image_size,
+            "epochs": t.get("epochs"),
+            "steps": t.get("steps"),
+            "batch_size": t.get("batch_size"),
+            "dataset": ds.get("name"),
+            "images": ds.get("count"),
+            "device": t.get("device"),
+            "run_id": t.get("run_id"),
+            "lr": ec.get("lr"),
+            "z_dim": ec.get("z_dim"),
+            "supports": sorted(self.supports),
+            "folder": self.display_path,
+        }
+
+
+@dataclass
+class RealSet:
+    """A training set as the app uses it: uint8 images at one size, with file names when known."""
+    images: Any              # uint8 tensor [N, 3, S, S]
+    key: str
+    name: str
+    files: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def item(self, index: int) -> str:
+        return self.files[index] if index < len(self.files) else f"#{index}"
+
+
+class ExportCatalog:
+    def __init__(self, roots: list[Path], device: str = "cpu", data_dirs: list[Path] | None = None):
+        self.roots = [Path(r) for r in roots]
+        self.device = device
+        self.data_dirs = [Path(d) for d in (data_dirs or [])]
+        self.entries: dict[str, ExportEntry] = {}
+        self.problems: list[str] = []      # folders that looked like exports but could not be read
+        self._engines: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._real: dict[tuple[str, int], RealSet | str] = {}
+        self._real_lock = threading.Lock()
+        self.scan()
+
+    # ---- discovery --------------------------------------------------------------------------
+    @staticmethod
+    def _candidates(root: Path) -> list[Path]:
+        if not root.is_dir():
+            return [root] if root.name == "config.json" else []
+        out = [root]
+        kids = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        out += [k for k in kids if k.name != "runs"]
+        runs = root / "runs"
+        if runs.is_dir():
+            out += sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return out
+
+    def scan(self) -> None:
+        entries: dict[str, ExportEntry] = {}
+        seen_paths: set[Path] = set()
+        seen_runs: set[tuple] = set()
+        problems: list[str] = []
+        for root in self.roots:
+            if not root.exists():
+                if root != REPO_ROOT / "checkpoints":
+                    problems.append(f"{root}: no such folder")
+                continue
+            for cand in self._candidates(root):
+                looks = (cand / "config.json").is_file() or (cand.is_dir() and is_run_dir(cand)) \
+                    or cand.name == "config.json"
+                if not looks:
+                    continue
+                try:
+                    d = resolve_export_dir(cand).resolve()
+                    cfg = read_export_config(d)
+                except ExportError as e:
+                    if cand.is_dir() and is_run_dir(cand):
+                        continue  # a run that has not written its export yet: nothing to serve
+                    problems.append(str(e))
+                    continue
+                if d in seen_paths:
+                    continue
+                trained = cfg.get("trained") if isinstance(cfg.get("trained"), dict) else {}
+                ident = (trained.get("run_id"), trained.get("epochs"), trained.get("steps"))
+                if ident[0] and ident in seen_runs:
+                    continue  # the same weights reachable as a shipped copy and as a run's export
+                seen_paths.add(d)
+                if ident[0]:
+                    seen_runs.add(ident)
+                name = d.parent.name if d.name == "export" else d.name
+                key, i = name, 2
+                while key in entries:
+                    key, i = f"{name}-{i}", i + 1
+                entries[key] = ExportEntry(key, d, cfg)
+        with self._lock:
+            self.entries = entries
+            self.problems = problems
+        log.info("exports: %s", ", ".join(entries) or "none")
+
+    def generators(self) -> list[ExportEntry]:
+        return [e for e in self.entries.values() if e.kind == "generate"]
+
+    def get(self, key: str | None) -> ExportEntry:
+        if not self.entries:
+            raise AppInputError("No engine exports were found. Train one (pokelab train ENGINE --data DATA) and "
+                                "start the app with --checkpoints pointing at its run or export folder.")
+        if not key:
+            raise AppInputError("Pick an engine export first.")
+        e = self.entries.get(str(key))
+        if e is None:
+            raise AppInputError(f"Unknown export {key!r}; available: {', '.join(self.entries)}")
+        return e
+
+    def generator(self, key: str | None) -> ExportEntry:
+        e = self.get(key)
+        if e.kind != "generate":
+            raise AppInputError(f"{e.key} is a {e.kind} engine ({e.engine_name}); pick a generation engine")
+        return e
+
+    # ---- engines, loaded once ------------------------------------------------------------------
+    def engine(self, key: str):
+        """The loaded engine of an export (cached; concurrent first requests load it once)."""
+        entry = self.get(key)
+        eng = self._engines.get(entry.key)
+        if eng is not None:
+            return eng
+        with self._lock:
+            lock = self._locks.setdefault(entry.key, threading.Lock())
+        with lock:
+            eng = self._engines.get(entry.key)
+            if eng is None:
+                from engines.export import load_export
+
+                t0 = time.perf_counter()
+                try:
+                    eng = load_export(entry.path, device=self.device)
+                except ExportError as e:
+                    raise AppInputError(f"Could not load {entry.key}: {e}") from e
+                except Exception as e:  # unknown engine, missing module: tell the user which export failed
+                    raise AppInputError(f"Could not load {entry.key} ({entry.engine_name}): {e}") from e
+                self._engines[entry.key] = eng
+                log.info("loaded %s (%s) in %.2fs on %s", entry.key, entry.engine_name,
+                         time.perf_counter() - t0, self.device)
+        return eng
+
+    def loaded(self) -> list[str]:
+        return list(self._engines)
+
+    # ---- the training set behind an export --------------------------------------------------------
+    def _dataset_path(self, entry: ExportEntry) -> Path | None:
+        ds = entry.dataset
+        src = ds.get("source")
+        cands: list[Path] = []
+        if src:
+            cands.append(Path(str(src)))
+        for d in self.data_dirs:
+            if src:
+                cands.append(d / Path(str(src)).name)
+            if ds.get("name"):
+                cands.append(d / str(ds["name"]))
+        for c in cands:
+            if c.exists():
+                return c
+        return None
+
+    def real_set(self, entry: ExportEntry, size: int | None = None) -> RealSet | None:
+        """The export's training set at ``size`` px (default: the export's size), or None when it cannot
+        be found or read here; ``real_set_problem`` then says why."""
+        size = int(size or entry.image_size)
+        ck = (entry.key, size)
+        with self._real_lock:
+            got = self._real.get(ck)
+            if got is None:
+                got = self._load_real(entry, size)
+                self._real[ck] = got
+        return got if isinstance(got, RealSet) else None
+
+    def real_set_problem(self, entry: ExportEntry, size: int | None = None) -> str:
+        got = self._real.get((entry.key, int(size or entry.image_size)))
+        return got if isinstance(got, str) else ""
+
+    def _load_real(self, entry: ExportEntry, size: int) -> RealSet | str:
+        ds = entry.dataset
+        if not ds:
+            return "the export does not record its training set"
+        path = self._dataset_path(entry)
+        if path is None:
+            return (f"training set {ds.get('name') or '?'} not found (recorded at {ds.get('source') or '?'}; "
+                    "give its folder with --data)")
+        try:
+            try:
+                from engines.data import load_dataset
+            except ImportError:
+                load_dataset = None
+            if load_dataset is not None:
+                got = load_dataset(str(path), size=size, background=ds.get("background") or "white", progress=False)
+            elif path.is_dir():
+                from engines.metrics.sources import load_image_folder
+
+                got = load_image_folder(path, size=(size, size))
+            else:
+                return f"{path}: cannot read this kind of dataset here"
+        except Exception as e:  # unreadable data must not take the app down; it only hides novelty/real
+            log.warning("training set of %s unavailable: %s", entry.key, e)
+            return f"training set {path} could not be read: {e}"
+        files = [Path(str(f)).name for f in (getattr(got, "files", None) or [])]
+        if len(files) != len(got.images):
+            files = []
+        note = ""
+        rec = ds.get("key")
+        if rec and int(ds.get("size") or 0) == size and getattr(got, "key", None) not in (None, rec):
+            note = "the training set changed since this export was trained"
+        return RealSet(got.images, str(getattr(got, "key", "")), str(ds.get("name") or path.name), files, note)

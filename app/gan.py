@@ -1,0 +1,212 @@
+"""Sampling from GAN exports for the app, without UI code: grids with one seed per image, latent walks,
+GIF/MP4 writing and novelty pairs.
+
+Image i of a grid started at seed s is drawn from ``engine.latent(1, s + i)``: every image can be
+reproduced alone and used as an interpolation end point by its own seed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engines.images import grid_array, png_bytes, save_gif, to_pil_list, to_uint8
+from engines.runs import atomic_write_bytes
+
+from .appconfig import LIMITS
+from .inputs import AppInputError, as_choice, as_float, as_int
+
+
+def gen_kwargs(engine, truncation_psi: float | None) -> dict:
+    """``truncation_psi`` only for engines whose export says they support it (StyleGAN2-ADA)."""
+    supports = set(((getattr(engine, "export_info", None) or {}).get("extra") or {}).get("supports") or [])
+    if truncation_psi is None or "truncation" not in supports:
+        return {}
+    return {"truncation_psi": as_float(truncation_psi, "truncation ψ", LIMITS.min_psi, LIMITS.max_psi)}
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    return as_int(seed, name, 0, LIMITS.max_seed)
+
+
+def generate(engine, seed, count, truncation_psi: float | None = None) -> tuple[torch.Tensor, list[int]]:
+    """``count`` images as uint8 NCHW (CPU) and the seed of each."""
+    seed = check_seed(seed)
+    count = as_int(count, "count", LIMITS.min_count, LIMITS.max_count)
+    if seed + count - 1 > LIMITS.max_seed:
+        raise AppInputError(f"seed + count must stay below {LIMITS.max_seed + 1}; lower the seed")
+    seeds = [seed + i for i in range(count)]
+    with torch.inference_mode():
+        z = torch.cat([engine.latent(1, s) for s in seeds])
+        x = engine.sample(z=z, **gen_kwargs(engine, truncation_psi))
+    return to_uint8(x).cpu(), seeds
+
+
+def interpolate(engine, seed_a, seed_b, frames, mode: str = "slerp",
+                truncation_psi: float | None = None) -> torch.Tensor:
+    """A latent walk as uint8 NCHW frames (the engine walks in W where it has one)."""
+    a, b = check_seed(seed_a, "seed A"), check_seed(seed_b, "seed B")
+    frames = as_int(frames, "frames", LIMITS.min_frames, LIMITS.max_frames)
+    mode = as_choice(mode, "mode", ["slerp", "lerp"])
+    with torch.inference_mode():
+        x = engine.interpolate(a, b, frames=frames, mode=mode, **gen_kwargs(engine, truncation_psi))
+    return to_uint8(x).cpu()
+
+
+def parse_seeds(text, name: str, max_n: int = 8) -> list[int]:
+    """'1, 2, 5-7' -> [1, 2, 5, 6, 7] (commas or spaces; a-b ranges), at most ``max_n`` seeds."""
+    seeds: list[int] = []
+    for part in str(text or "").replace(",", " ").split():
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise AppInputError(f"{name}: {part!r} is not a seed (use numbers like 1, 2, 5-7)") from None
+        if b < a:
+            raise AppInputError(f"{name}: the range {part!r} runs backwards")
+        if b - a >= max_n:
+            raise AppInputError(f"{name}: give 1 to {max_n} seeds; the range {part!r} holds {b - a + 1}")
+        seeds += [check_seed(s, name) for s in range(a, b + 1)]
+    if not 1 <= len(seeds) <= max_n:
+        raise AppInputError(f"{name}: give 1 to {max_n} seeds, not {len(seeds)}")
+    return seeds
+
+
+def style_mix(engine, row_seeds, col_seeds, crossover, truncation_psi: float | None = None) -> np.ndarray:
+    """The StyleGAN style-mixing figure as one image: column seeds' images along the top, row seeds' down
+    the left, and in each cell the row's coarse styles (the first ``crossover`` W inputs) with the
+    column's fine ones."""
+    supports = set(((getattr(engine, "export_info", None) or {}).get("extra") or {}).get("supports") or [])
+    if "style_mixing" not in supports or not hasattr(engine, "style_mix"):
+        raise AppInputError("this export does not support style mixing (StyleGAN2-ADA exports do)")
+    rows, cols = parse_seeds(row_seeds, "row seeds"), parse_seeds(col_seeds, "column seeds")
+    num_ws = int(getattr(engine, "num_ws", 0) or (engine.export_info.get("extra") or {}).get("num_ws") or 0)
+    crossover = as_int(crossover, "crossover", 0, num_ws)
+    kw = gen_kwargs(engine, truncation_psi)
+    with torch.inference_mode():
+        mixed = to_uint8(engine.style_mix(rows, cols, crossover, **kw)).cpu()
+        heads = to_uint8(engine.sample(z=torch.cat([engine.latent(1, s) for s in cols + rows]), **kw)).cpu()
+    blank = torch.full_like(heads[:1], 255)
+    tiles = [blank, heads[:len(cols)]]
+    for r in range(len(rows)):
+        tiles += [heads[len(cols) + r:len(cols) + r + 1], mixed[r * len(cols):(r + 1) * len(cols)]]
+    return grid_array(torch.cat(tiles), nrow=len(cols) + 1)
+
+
+def strip(frames: torch.Tensor, per_row: int = 12) -> np.ndarray:
+    """Frames side by side (wrapping after ``per_row``), white 2 px gaps."""
+    return grid_array(frames, nrow=min(per_row, len(frames)))
+
+
+def upscale(img: Image.Image, min_side: int) -> Image.Image:
+    """Small GAN outputs enlarged for viewing (nearest neighbour: no invented detail)."""
+    f = max(1, -(-min_side // max(img.size)))
+    return img if f == 1 else img.resize((img.width * f, img.height * f), Image.Resampling.NEAREST)
+
+
+def mp4_available() -> bool:
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
+class OutputDir:
+    """Files the app hands out for download, one sub-folder per request; older than ``max_age_s`` removed."""
+
+    def __init__(self, root: str | os.PathLike, max_age_s: float = 3600):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_age_s = max_age_s
+        self._last_sweep = 0.0
+
+    def new(self) -> Path:
+        now = time.time()
+        if now - self._last_sweep > 60:
+            self._last_sweep = now
+            self.sweep(now)
+        d = self.root / uuid.uuid4().hex[:16]
+        d.mkdir(parents=True)
+        return d
+
+    def sweep(self, now: float | None = None) -> None:
+        now = now or time.time()
+        for d in self.root.iterdir():
+            try:
+                if d.is_dir() and now - d.stat().st_mtime > self.max_age_s:
+                    for f in d.iterdir():
+                        f.unlink(missing_ok=True)
+                    d.rmdir()
+            except OSError:
+                pass  # another request removing the same folder
+
+
+def write_grid(images: torch.Tensor, seeds: list[int], out: Path, stem: str) -> str:
+    """The grid as one lossless PNG named by its seeds (single images: the gallery's own buttons)."""
+    grid = out / f"{stem}-seeds{seeds[0]}-{seeds[-1]}-grid.png"
+    atomic_write_bytes(grid, png_bytes(grid_array(images)))
+    return str(grid)
+
+
+def write_animation(frames: torch.Tensor, out: Path, stem: str, fps: float, boomerang: bool = False,
+                    mp4: bool = False, min_side: int = 128) -> tuple[str, str | None]:
+    """(GIF path, MP4 path or None). Frames are enlarged to at least ``min_side`` px for viewing. The MP4
+    (H.264 through imageio-ffmpeg) is made only on request: encoding it costs more than the sampling."""
+    fps = as_float(fps, "fps", LIMITS.min_fps, LIMITS.max_fps)
+    pics = [upscale(p, min_side) for p in to_pil_list(frames)]
+    gif = save_gif(pics, out / f"{stem}.gif", fps=fps, boomerang=boomerang)
+    video = None
+    if mp4:
+        if not mp4_available():
+            raise AppInputError("MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
+                                "untick MP4 to get the GIF")
+        import imageio.v2 as imageio
+
+        seq = pics + pics[-2:0:-1] if boomerang and len(pics) > 2 else pics
+        path = out / f"{stem}.mp4"
+        tmp = out / f".{stem}.tmp.mp4"
+        # libx264 wants even sides; macro_block_size=1 stops imageio from resizing the frames
+        arrs = [np.asarray(p.resize((p.width + p.width % 2, p.height + p.height % 2))) for p in seq]
+        imageio.mimwrite(tmp, arrs, fps=fps, codec="libx264", macro_block_size=1, quality=8)
+        os.replace(tmp, path)
+        video = str(path)
+    return str(gif), video
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Two HWC uint8 images of the same height next to each other, white gap."""
+    h = max(a.shape[0], b.shape[0])
+    out = np.full((h, a.shape[1] + gap + b.shape[1], 3), 255, np.uint8)
+    out[:a.shape[0], :a.shape[1]] = a[:, :, :3]
+    out[:b.shape[0], a.shape[1] + gap:] = b[:, :, :3]
+    return out
+
+
+def novelty_pairs(images: torch.Tensor, seeds: list[int], real, device: str = "cpu"):
+    """Each image's nearest training image in Inception pool3 space (engines.metrics), as
+    ([(pair image HWC uint8, caption)], summary text). ``real`` is an app RealSet."""
+    from engines.metrics.evaluate import find_nearest_training_images
+
+    res = find_nearest_training_images(images, real, device=device)
+    real_imgs = real.images
+    if tuple(real_imgs.shape[-2:]) != tuple(images.shape[-2:]):
+        from engines.metrics.sources import resize_uint8
+
+        real_imgs = resize_uint8(real_imgs, tuple(images.shape[-2:]))
+    pairs = []
+    gen = images.permute(0, 2, 3, 1).numpy()
+    for i, (s, idx, d) in enumerate(zip(seeds, res.index, res.distance)):
+        near = real_imgs[int(idx)].permute(1, 2, 0).numpy()
+        flag = " · closer than the copy threshold" if d < res.threshold else ""
+        pairs.append((side_by_side(gen[i], near), f"seed {s} → {real.item(int(idx))} · distance {d:.3f}{flag}"))
+    copies = int((res.distance < res.threshold).sum())
+    summary = (f"**Novelty** against {len(real.images)} training images of *{real.name}* "
+               f"(cosine distance of Inception pool3 features; 0 = same features). "
+               f"Copy threshold {res.threshold:.3f} = the 5th percentile of real-to-real nearest distances: "
+               f"**{copies} of {len(seeds)}** samples fall below it."
+               + (f" Note: {real.note}." if real.note else ""))
+    return pairs, summary

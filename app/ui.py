@@ -1,0 +1,592 @@
+"""The Gradio Blocks: tabs Generate, Interpolate, Text-to-image, Review, About.
+
+Handlers are thin: they check nothing themselves beyond picking the export, call the UI-free modules
+(``app.gan``, ``app.sd_pokemon``, ``app.review_book``) and turn user errors into ``gr.Error`` messages.
+Every public endpoint has an ``api_name`` (see docs/app.md) so scripts and tests use the same paths.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+
+from engines.errors import USER_ERRORS
+from engines.review import QUESTIONS, ReviewDBError
+
+from . import gan
+from .appconfig import LIMITS, AppConfig
+from .exports import ExportCatalog, ExportEntry
+from .inputs import AppInputError
+from .review_book import ReviewBook, ReviewSession, ReviewSource
+from .sd_pokemon import SDPokemon, SDUnavailable, overlay
+
+log = logging.getLogger("pokelab.app")
+
+SD_REVIEW_PROMPT = "a cartoon drawing of a new pokemon, white background"
+ANSWER_CHOICES = ["Left", "Right", "Tie"]
+
+HEADER = """
+<div class="pl-header">
+  <h1>pokelab</h1>
+  <p>GANs trained on a few hundred Pokémon: make new creatures, walk between them, prompt a
+  Stable Diffusion fine-tune and see where each word looks, then judge them blind.</p>
+</div>
+"""
+
+CSS = """
+.pl-header {padding: 6px 2px 2px 2px;}
+.pl-header h1 {margin: 0; font-size: 1.9rem; letter-spacing: -0.02em;}
+.pl-header p {margin: 4px 0 0 0; opacity: 0.8;}
+.pl-pixel img {image-rendering: pixelated;}
+.pl-empty {border: 1px dashed var(--border-color-primary); border-radius: 10px; padding: 14px 18px;}
+.pl-facts {font-size: 0.88rem;}
+.pl-review-img img {image-rendering: auto;}
+#about-md th, #about-md td:not(:last-child) {white-space: nowrap;}
+footer {display: none !important;}
+"""
+
+
+def handle_errors(fn):
+    """User mistakes and unavailable models become a gr.Error with their message; anything else is
+    logged with its traceback on the server and reported as one line (never a traceback in the page)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (AppInputError, SDUnavailable, ReviewDBError, *USER_ERRORS) as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 - the page gets a sentence, the log the traceback
+            log.exception("error in %s", fn.__name__)
+            raise gr.Error(f"Something went wrong ({type(e).__name__}: {str(e)[:200]}). "
+                           "The server log has the details.", print_exception=False) from None
+
+    return wrapper
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> cuda when present, else cpu; a device that cannot be used stops the start-up with a sentence."""
+    name = (name or "cpu").strip()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"--device {name!r} is not a device torch knows ({e}); use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
+    return name
+
+
+def _hwc(images: torch.Tensor) -> list[np.ndarray]:
+    return list(images.permute(0, 2, 3, 1).numpy())
+
+
+class PokelabApp:
+    def __init__(self, cfg: AppConfig):
+        cfg.device = resolve_device(cfg.device)
+        self.cfg = cfg
+        self.catalog = ExportCatalog(cfg.checkpoint_roots(), device=cfg.device, data_dirs=cfg.data)
+        self.sd = SDPokemon(cfg.sd_model, device=cfg.device)
+        self.out = gan.OutputDir(Path(tempfile.gettempdir()) / "pokelab-app" / str(os.getpid()))
+        self.sd_review = {"steps": 25, "guidance": 7.5, "size": 512}   # SD samples shown in the review
+        self.book = ReviewBook(cfg.review_db, self.review_sources)
+        self.demo = self.build()
+
+    # ---- review sources ---------------------------------------------------------------------------
+    def review_sources(self) -> list[ReviewSource]:
+        gens = self.catalog.generators()
+        out: list[ReviewSource] = []
+        for e in gens:
+            out.append(ReviewSource(e.source_id, "engine", e.label(), e.image_size,
+                                    functools.partial(self._draw_engine, e.key)))
+        # one real source per training set behind the exports, loaded at the largest export size
+        biggest = max((e.image_size for e in gens), default=0)
+        seen: set[str] = set()
+        for e in gens:
+            name = str(e.dataset.get("name") or "")
+            if not name or name in seen:
+                continue
+            seen.add(name)
+            rs = self.catalog.real_set(e, size=biggest)
+            if rs is not None and len(rs.images) > 0:
+                out.append(ReviewSource(f"real:{rs.name}", "real", f"training images of {rs.name}", biggest,
+                                        functools.partial(self._draw_real, rs)))
+        if self.cfg.sd_in_review:
+            try:
+                self.sd.pipeline()  # loads once; a failure is remembered for a minute and SD is left out
+                out.append(ReviewSource(f"sd-pokemon:{self.cfg.sd_model}", "sd",
+                                        f"Stable Diffusion ({self.cfg.sd_model})", self.sd_review["size"],
+                                        self._draw_sd))
+            except SDUnavailable as e:
+                log.warning("Stable Diffusion left out of the review: %s", e)
+        return out
+
+    def _draw_engine(self, key: str, rng: random.Random):
+        seed = rng.randrange(2**31)
+        imgs, _ = gan.generate(self.catalog.engine(key), seed, 1)
+        return _hwc(imgs)[0], f"seed:{seed}"
+
+    @staticmethod
+    def _draw_real(rs, rng: random.Random):
+        i = rng.randrange(len(rs.images))
+        return rs.images[i].permute(1, 2, 0).numpy(), f"real:{rs.item(i)}"
+
+    def _draw_sd(self, rng: random.Random):
+        seed = rng.randrange(2**31)
+        kw = self.sd_review
+        r = self.sd.text_to_image(SD_REVIEW_PROMPT, seed=seed, steps=kw["steps"], guidance=kw["guidance"],
+                                  width=kw["size"], height=kw["size"], attention=False)
+        return np.asarray(r.image.convert("RGB")), f"seed:{seed}"
+
+    # ---- texts ----------------------------------------------------------------------------------
+    def sd_status(self) -> str:
+        return f"Model: `{self.cfg.sd_model}` — {self.sd.status()}"
+
+    def export_summary(self, key: str | None) -> str:
+        if not key or key not in self.catalog.entries:
+            return ""
+        f = self.catalog.entries[key].facts()
+        bits = [f"**{f['engine']}**", f"{f['image_size']} px"]
+        if f["epochs"] is not None:
+            bits.append(f"{f['epochs']} epochs")
+        if f["dataset"]:
+            bits.append(f"on *{f['dataset']}*" + (f" ({f['images']} images)" if f["images"] else ""))
+        if f["supports"]:
+            bits.append("supports " + ", ".join(f["supports"]))
+        return " · ".join(bits)
+
+    def empty_state(self) -> str:
+        roots = "\n".join(f"- `{r}`" for r in self.catalog.roots) or "- (none)"
+        probs = "".join(f"\n- {p}" for p in self.catalog.problems[:8])
+        return ("### No engine exports found\n"
+                "Nothing to sample from yet. Train an engine (`pokelab train dcgan --data DATA`) or copy an "
+                "export folder (config.json + model.safetensors), then start the app with "
+                "`--checkpoints DIR`. Looked in:\n" + roots
+                + (f"\n\nCould not read:{probs}" if probs else ""))
+
+    def about_markdown(self) -> str:
+        entries = list(self.catalog.entries.values())
+        lines = ["### Loaded exports"]
+        if not entries:
+            lines.append("None found — see the Generate tab for how to add one.")
+        else:
+            lines += ["| Export | Engine | Image | Epochs | Trained on | Trained with |",
+                      "|---|---|---|---|---|---|"]
+            for e in entries:
+                f = e.facts()
+                ds = (f["dataset"] or "?") + (f" ({f['images']} images)" if f["images"] else "")
+                how = []
+                if f["batch_size"]:
+                    how.append(f"batch {f['batch_size']}")
+                if f["lr"] is not None:
+                    how.append(f"lr {f['lr']}")
+                if f["z_dim"] is not None:
+                    how.append(f"z {f['z_dim']}")
+                if f["device"]:
+                    how.append(str(f["device"]))
+                if f["run_id"]:
+                    how.append(f"run `{f['run_id']}`")
+                kind = "" if e.kind == "generate" else f" ({e.kind})"
+                lines.append(f"| **{e.key}**<br><small>`{f['folder']}`</small> | {f['engine']}{kind} | {f['image_size']} px "
+                             f"| {f['epochs'] if f['epochs'] is not None else '?'} | {ds} | {', '.join(how) or '—'} |")
+        if self.catalog.problems:
+            lines += ["", "Could not read: " + "; ".join(self.catalog.problems[:8])]
+        try:
+            st = self.book.stats()
+            rev = f"{st['answers']} answers from {st['raters']} rater(s) in `{st['db']}`"
+        except ReviewDBError as e:
+            rev = f"review database unreadable: {e}"
+        lines += ["", "### Also here",
+                  f"- **Text-to-image:** `{self.cfg.sd_model}` — {self.sd.status()}",
+                  f"- **Blind review:** {rev}",
+                  f"- **Device:** `{self.cfg.device}` · novelty lookups "
+                  + ("on (engines.metrics, Inception pool3 nearest neighbour)" if self.cfg.novelty else "off"),
+                  "", "Sampling is seeded: image *i* of a grid started at seed *s* is the image of seed *s + i*, "
+                  "on any device. Metrics, run logs and review results are in the studio (`streamlit run studio`)."]
+        return "\n".join(lines)
+
+    # ---- handlers: generate / interpolate ---------------------------------------------------------------
+    def _psi(self, entry: ExportEntry, psi):
+        return psi if "truncation" in entry.supports else None
+
+    def generate(self, key, seed, count, psi, novelty, progress=gr.Progress()):
+        entry = self.catalog.generator(key)
+        eng = self.catalog.engine(entry.key)  # a grid takes milliseconds: progress only for novelty
+        imgs, seeds = gan.generate(eng, seed, count, self._psi(entry, psi))
+        grid = gan.write_grid(imgs, seeds, self.out.new(), entry.key)
+        gallery = [(a, f"seed {s}") for a, s in zip(_hwc(imgs), seeds)]
+        pairs, summary = [], ""
+        if novelty:
+            if not self.cfg.novelty:
+                raise AppInputError("novelty lookups are switched off on this server")
+            progress(0.5, desc="finding the nearest training images")
+            rs = self.catalog.real_set(entry)
+            if rs is None:
+                summary = f"Novelty is not available for {entry.key}: {self.catalog.real_set_problem(entry)}."
+            else:
+                try:
+                    pairs, summary = gan.novelty_pairs(imgs, seeds, rs, device=self.cfg.device)
+                except ImportError as e:
+                    summary = f"Novelty is not available here (metrics could not be imported: {e})."
+        return gallery, grid, seeds, pairs, summary, "Click an image to use it as an interpolation end point."
+
+    def interpolate(self, key, seed_a, seed_b, frames, mode, psi, fps, boomerang, mp4=False):
+        entry = self.catalog.generator(key)
+        eng = self.catalog.engine(entry.key)
+        a, b = gan.check_seed(seed_a, "seed A"), gan.check_seed(seed_b, "seed B")
+        x = gan.interpolate(eng, a, b, frames, mode, self._psi(entry, psi))
+        gif, video = gan.write_animation(x, self.out.new(), f"{entry.key}-{a}-to-{b}-{mode}", fps, bool(boomerang),
+                                         mp4=bool(mp4))
+        if "w_space" in entry.supports:
+            how = "linear in W" if mode == "lerp" else "spherical in Z, mapped to W"
+        else:
+            how = f"{mode} in Z"
+        info = f"{len(x)} frames, {how}, from seed {a} to seed {b} ({entry.image_size} px)."
+        return gan.strip(x), gif, video, info
+
+    def on_export_change(self, key):
+        sup = self.catalog.entries[key].supports if key in self.catalog.entries else set()
+        return self.export_summary(key), gr.update(visible="truncation" in sup)
+
+    def on_gen_export_change(self, key):
+        facts, psi = self.on_export_change(key)
+        entry = self.catalog.entries.get(key)
+        n = int((entry.config.get("extra") or {}).get("num_ws") or 1) if entry else 1
+        mix = "style_mixing" in (entry.supports if entry else set())
+        return facts, psi, gr.update(visible=mix), gr.update(value=max(1, n // 2))
+
+    def on_interp_export_change(self, key):
+        facts, psi = self.on_export_change(key)
+        entry = self.catalog.entries.get(key)
+        w = entry is not None and "w_space" in entry.supports
+        return facts, psi, gr.update(value="lerp" if w else "slerp")
+
+    def style_mix(self, key, row_seeds, col_seeds, crossover, psi):
+        entry = self.catalog.generator(key)
+        return gan.style_mix(self.catalog.engine(entry.key), row_seeds, col_seeds, crossover, self._psi(entry, psi))
+
+    # ---- handlers: text-to-image ---------------------------------------------------------------------------
+    def _sd_progress(self, progress):
+        def cb(i, n):
+            progress((i, n), desc="denoising", unit="steps")
+        return cb
+
+    def txt2img(self, prompt, negative, steps, guidance, seed, width, height, attention, progress=gr.Progress()):
+        progress(0, desc=f"loading {self.cfg.sd_model}" if not self.sd.loaded else "starting")
+        r = self.sd.text_to_image(prompt, negative, steps, guidance, seed, width, height, bool(attention),
+                                  on_step=self._sd_progress(progress))
+        maps = []
+        if r.maps is not None:
+            maps = [(overlay(r.image, m), f"{i + 1}: {tok}") for i, (m, tok) in enumerate(zip(r.maps, r.tokens))]
+        info = f"seed {r.seed} · {int(steps)} steps · guidance {float(guidance):g} · {r.image.width}×{r.image.height}"
+        if r.maps is not None:
+            info += f" · attention of {len(r.tokens)} token(s), averaged over steps, layers and heads"
+        if r.truncated:
+            info += " · the prompt was cut to the text encoder's length"
+        return r.image, maps, info, self.sd_status()
+
+    def _frames_out(self, pics, stem, fps):
+        arr = np.stack([np.asarray(p.convert("RGB")) for p in pics])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        small = torch.nn.functional.interpolate(x.float(), size=(128, 128 * x.shape[3] // x.shape[2]),
+                                                mode="bilinear", antialias=True, align_corners=False)
+        gif, _ = gan.write_animation(x, self.out.new(), stem, fps)
+        return gan.strip(small.round().clamp(0, 255).to(torch.uint8), per_row=8), gif
+
+    def sd_interp_seeds(self, prompt, negative, steps, guidance, seed_a, seed_b, frames, width, height, fps,
+                        progress=gr.Progress()):
+        pics = self.sd.interpolate_seeds(prompt, seed_a, seed_b, frames, negative, steps, guidance, width, height,
+                                         on_step=self._sd_progress(progress))
+        strip, gif = self._frames_out(pics, f"sd-seeds-{int(seed_a)}-{int(seed_b)}", fps)
+        return strip, gif, self.sd_status()
+
+    def sd_interp_prompts(self, prompt, prompt_b, negative, steps, guidance, seed, frames, width, height, fps,
+                          progress=gr.Progress()):
+        pics = self.sd.interpolate_prompts(prompt, prompt_b, seed, frames, negative, steps, guidance, width, height,
+                                           on_step=self._sd_progress(progress))
+        strip, gif = self._frames_out(pics, f"sd-prompts-seed{int(seed)}", fps)
+        return strip, gif, self.sd_status()
+
+    # ---- handlers: review ---------------------------------------------------------------------------------
+    def _review_view(self, s: ReviewSession):
+        p = s.current
+        return (s, p.left_image, p.right_image,
+                f"**{s.rater}** · pair {s.rounds} · {s.answers} answer(s) saved this session",
+                None, None, gr.update(visible=True))
+
+    def review_start(self, rater, _session):
+        return self._review_view(self.book.start(rater))
+
+    def review_answer(self, pokemon, novel, session):
+        self.book.submit(session, {"pokemon": pokemon, "novel": novel})
+        return self._review_view(session)
+
+    def review_skip(self, session):
+        if session is None:
+            raise AppInputError("Enter your name and press Start first.")
+        self.book.next_pair(session)
+        return self._review_view(session)
+
+    # ---- layout -----------------------------------------------------------------------------------------
+    def build(self) -> gr.Blocks:
+        gens = self.catalog.generators()
+        keys = [(e.label(), e.key) for e in gens]
+        first = gens[0].key if gens else None
+        first_sup = gens[0].supports if gens else set()
+        L = LIMITS
+        h = handle_errors
+
+        with gr.Blocks(title="pokelab", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+            gr.HTML(HEADER)
+            with gr.Tabs() as tabs:
+                # ---------------- Generate ----------------
+                with gr.Tab("Generate", id="generate"):
+                    if not gens:
+                        gr.Markdown(self.empty_state(), elem_classes="pl-empty")
+                    with gr.Row(visible=bool(gens)):
+                        with gr.Column(scale=1, min_width=260):
+                            g_export = gr.Dropdown(keys, value=first, label="Engine export")
+                            g_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
+                            with gr.Row():
+                                g_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=L.max_seed)
+                                g_dice = gr.Button("Random", scale=0, min_width=80)
+                            g_count = gr.Slider(L.min_count, L.max_count, value=16, step=1, label="Images")
+                            g_psi = gr.Slider(L.min_psi, L.max_psi, value=0.7, step=0.05, label="Truncation ψ",
+                                              info="lower = more typical, less varied",
+                                              visible="truncation" in first_sup)
+                            g_nov = gr.Checkbox(False, label="Nearest training image (novelty)",
+                                                info="Inception features; the first run per dataset is slow",
+                                                visible=self.cfg.novelty)
+                            g_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
+                        with gr.Column(scale=3):
+                            g_gallery = gr.Gallery(label="Samples", elem_id="gen-gallery", columns=8, height="auto", format="png",
+                                                   object_fit="contain", elem_classes="pl-pixel",
+                                                   buttons=["download", "download_all", "fullscreen"],
+                                                   interactive=False)
+                            with gr.Row():
+                                g_sel = gr.Markdown("Generate a grid, then click an image to interpolate from it.")
+                                g_to_a = gr.Button("Use as interpolation start (A)", size="sm", elem_id="gen-to-a")
+                                g_to_b = gr.Button("Use as end (B)", size="sm")
+                            g_files = gr.File(label="Grid as one PNG (single images: the gallery's download buttons)",
+                                              interactive=False)
+                            first_mix = gens[0].config.get("extra", {}) if gens else {}
+                            with gr.Accordion("Style mixing (StyleGAN2)", open=False,
+                                              visible="style_mixing" in first_sup) as g_mix_box:
+                                gr.Markdown("Each cell takes the coarse styles (pose, shape) of its row's seed and "
+                                            "the fine styles (colours, texture) of its column's seed.")
+                                with gr.Row():
+                                    g_rows = gr.Textbox("1, 2, 3", label="Row seeds (coarse)", max_length=80)
+                                    g_cols = gr.Textbox("10-14", label="Column seeds (fine)", max_length=80)
+                                    # the slider's bound is the largest style count of any export (checked per
+                                    # export in app.gan.style_mix); the API validates against this bound
+                                    most_ws = max([int((e.config.get("extra") or {}).get("num_ws") or 1)
+                                                   for e in gens] or [1])
+                                    n_ws = int(first_mix.get("num_ws") or 1)
+                                    g_cross = gr.Slider(0, most_ws, value=max(1, n_ws // 2), step=1,
+                                                        label="Crossover (style inputs from the row)")
+                                g_mix_btn = gr.Button("Mix styles")
+                                g_mix_img = gr.Image(label="Style mixing", format="png", interactive=False,
+                                                     elem_classes="pl-pixel", buttons=["download", "fullscreen"])
+                            g_nov_md = gr.Markdown()
+                            g_nov_gallery = gr.Gallery(label="Sample | nearest training image", columns=4,
+                                                       height="auto", format="png", visible=False,
+                                                       elem_classes="pl-pixel", interactive=False)
+                    g_seeds = gr.State([])
+                    g_selected = gr.State(None)
+
+                # ---------------- Interpolate ----------------
+                with gr.Tab("Interpolate", id="interpolate"):
+                    if not gens:
+                        gr.Markdown(self.empty_state(), elem_classes="pl-empty")
+                    with gr.Row(visible=bool(gens)):
+                        with gr.Column(scale=1, min_width=260):
+                            i_export = gr.Dropdown(keys, value=first, label="Engine export")
+                            i_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
+                            with gr.Row():
+                                i_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=L.max_seed)
+                                i_b = gr.Number(1, label="Seed B", precision=0, minimum=0, maximum=L.max_seed)
+                            i_frames = gr.Slider(L.min_frames, L.max_frames, value=24, step=1, label="Frames")
+                            i_mode = gr.Radio(["slerp", "lerp"], value="lerp" if "w_space" in first_sup else "slerp",
+                                              label="Path", info="slerp: along the Gaussian shell in Z; "
+                                                                 "for StyleGAN, lerp walks straight in W")
+                            i_psi = gr.Slider(L.min_psi, L.max_psi, value=0.7, step=0.05, label="Truncation ψ",
+                                              visible="truncation" in first_sup)
+                            i_fps = gr.Slider(L.min_fps, L.max_fps, value=12, step=1, label="GIF frames/s")
+                            with gr.Row():
+                                i_boom = gr.Checkbox(False, label="Play back and forth")
+                                i_mp4 = gr.Checkbox(False, label="Also make an MP4", visible=gan.mp4_available())
+                            i_btn = gr.Button("Interpolate", variant="primary", elem_id="interp-btn")
+                        with gr.Column(scale=3):
+                            i_strip = gr.Image(label="Frames", elem_id="interp-strip", format="png", interactive=False, elem_classes="pl-pixel",
+                                               buttons=["download", "fullscreen"])
+                            with gr.Row():
+                                i_gif = gr.Image(label="Animation", elem_id="interp-gif", type="filepath", interactive=False, height=280,
+                                                 elem_classes="pl-pixel")
+                                with gr.Column():
+                                    i_info = gr.Markdown(elem_id="interp-info")
+                                    i_files = gr.File(label="MP4", interactive=False, visible=False)
+
+                # ---------------- Text-to-image ----------------
+                with gr.Tab("Text-to-image", id="txt2img"):
+                    t_status = gr.Markdown(self.sd_status())
+                    with gr.Row():
+                        with gr.Column(scale=1, min_width=300):
+                            t_prompt = gr.Textbox("a cute red dragon pokemon with wings", label="Prompt", lines=2,
+                                                  max_length=L.max_prompt_chars)
+                            t_neg = gr.Textbox("", label="Negative prompt", max_length=L.max_prompt_chars)
+                            with gr.Row():
+                                t_steps = gr.Slider(L.min_steps, L.max_steps, value=25, step=1, label="Steps", elem_id="t2i-steps")
+                                t_guid = gr.Slider(L.min_guidance, L.max_guidance, value=7.5, step=0.5,
+                                                   label="Guidance")
+                            with gr.Row():
+                                t_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=L.max_seed)
+                                t_w = gr.Slider(L.min_sd_size, L.max_sd_size, value=512, step=L.sd_size_step,
+                                                label="Width", elem_id="t2i-w")
+                                t_h = gr.Slider(L.min_sd_size, L.max_sd_size, value=512, step=L.sd_size_step,
+                                                label="Height", elem_id="t2i-h")
+                            t_attn = gr.Checkbox(True, label="Attention map per prompt token")
+                            t_btn = gr.Button("Generate", variant="primary", elem_id="t2i-btn")
+                        with gr.Column(scale=2):
+                            t_img = gr.Image(label="Image", elem_id="t2i-image", format="png", interactive=False,
+                                             buttons=["download", "fullscreen"])
+                            t_info = gr.Markdown(elem_id="t2i-info")
+                    t_maps = gr.Gallery(elem_id="t2i-maps", label="Where each token looks (cross-attention, averaged over steps and layers)",
+                                        columns=6, height="auto", format="png", interactive=False)
+                    with gr.Accordion("Latent interpolation", open=False):
+                        gr.Markdown("Walk the initial noise between two seeds (same prompt), or the text embedding "
+                                    "between the prompt above and a second prompt (same seed). Each frame is a "
+                                    "full diffusion run.")
+                        with gr.Row():
+                            t_seed_b = gr.Number(1, label="Seed B", precision=0, minimum=0, maximum=L.max_seed)
+                            t_prompt_b = gr.Textbox("a cute blue turtle pokemon", label="Prompt B",
+                                                    max_length=L.max_prompt_chars)
+                            t_frames = gr.Slider(L.min_sd_frames, L.max_sd_frames, value=6, step=1, label="Frames")
+                            t_fps = gr.Slider(L.min_fps, L.max_fps, value=4, step=1, label="GIF frames/s")
+                        with gr.Row():
+                            t_btn_seeds = gr.Button("Interpolate seeds (seed → seed B)")
+                            t_btn_prompts = gr.Button("Interpolate prompts (prompt → prompt B)")
+                        with gr.Row():
+                            t_strip = gr.Image(label="Frames", format="png", interactive=False, scale=3)
+                            with gr.Column(scale=1):
+                                t_gif = gr.Image(label="Animation", type="filepath", interactive=False, height=240)
+
+                # ---------------- Review ----------------
+                with gr.Tab("Review", id="review"):
+                    gr.Markdown("Two pictures from two hidden sources — engines, Stable Diffusion or real training "
+                                "images. Answer both questions for each pair; your answers are stored with your name. "
+                                "Which source made which picture is never shown.")
+                    with gr.Row():
+                        r_name = gr.Textbox(label="Your name", elem_id="review-name", max_length=L.max_rater_chars, scale=3)
+                        r_start = gr.Button("Start", variant="primary", scale=1, elem_id="review-start")
+                    r_session = gr.State(None)
+                    with gr.Column(visible=False) as r_panel:
+                        r_progress = gr.Markdown(elem_id="review-progress")
+                        with gr.Row(equal_height=True):
+                            r_left = gr.Image(label="Left", elem_id="review-left", format="png", interactive=False, height=300,
+                                              elem_classes="pl-review-img", buttons=["fullscreen"])
+                            r_right = gr.Image(label="Right", elem_id="review-right", format="png", interactive=False, height=300,
+                                               elem_classes="pl-review-img", buttons=["fullscreen"])
+                        with gr.Row():
+                            r_q1 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["pokemon"], elem_id="review-q-pokemon")
+                            r_q2 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["novel"], elem_id="review-q-novel")
+                        with gr.Row():
+                            r_submit = gr.Button("Submit and next", variant="primary", elem_id="review-submit")
+                            r_skip = gr.Button("Skip this pair")
+
+                # ---------------- About ----------------
+                with gr.Tab("About", id="about") as about_tab:
+                    a_md = gr.Markdown(self.about_markdown(), elem_id="about-md")
+                    with gr.Accordion("Export facts as JSON", open=False):
+                        a_json = gr.JSON(self.exports_info())
+
+            # ---------------- events ----------------
+            priv = {"api_visibility": "private"}
+            g_export.change(h(self.on_gen_export_change), g_export, [g_facts, g_psi, g_mix_box, g_cross], **priv)
+            i_export.change(h(self.on_interp_export_change), i_export, [i_facts, i_psi, i_mode], **priv)
+            g_mix_btn.click(h(self.style_mix), [g_export, g_rows, g_cols, g_cross, g_psi], g_mix_img,
+                            api_name="style_mix")
+            g_dice.click(lambda: random.randrange(2**31), None, g_seed, **priv)
+            g_nov.change(lambda on: (gr.update(visible=bool(on)), ""), g_nov, [g_nov_gallery, g_nov_md], **priv)
+            g_btn.click(h(self.generate), [g_export, g_seed, g_count, g_psi, g_nov],
+                        [g_gallery, g_files, g_seeds, g_nov_gallery, g_nov_md, g_sel], api_name="generate")
+
+            def on_select(seeds, evt: gr.SelectData):
+                s = seeds[evt.index] if seeds and evt.index is not None and evt.index < len(seeds) else None
+                return s, (f"Selected: **seed {s}**" if s is not None else "")
+
+            g_gallery.select(on_select, g_seeds, [g_selected, g_sel], **priv)
+
+            def use_as(which):
+                def fn(key, sel, a, b):
+                    if sel is None:
+                        raise gr.Error("Click an image in the grid first.", print_exception=False)
+                    a, b = (sel, b) if which == "a" else (a, sel)
+                    return key, a, b, gr.Tabs(selected="interpolate")
+                return fn
+
+            g_to_a.click(use_as("a"), [g_export, g_selected, i_a, i_b], [i_export, i_a, i_b, tabs], **priv)
+            g_to_b.click(use_as("b"), [g_export, g_selected, i_a, i_b], [i_export, i_a, i_b, tabs], **priv)
+            i_mp4.change(lambda on: gr.update(visible=bool(on)), i_mp4, i_files, **priv)
+            i_btn.click(h(self.interpolate), [i_export, i_a, i_b, i_frames, i_mode, i_psi, i_fps, i_boom, i_mp4],
+                        [i_strip, i_gif, i_files, i_info], api_name="interpolate")
+
+            t_attn.change(lambda on: gr.update(visible=bool(on)), t_attn, t_maps, **priv)
+            sd_common = [t_neg, t_steps, t_guid]
+            t_btn.click(h(self.txt2img), [t_prompt, t_neg, t_steps, t_guid, t_seed, t_w, t_h, t_attn],
+                        [t_img, t_maps, t_info, t_status], api_name="text_to_image", concurrency_limit=1,
+                        concurrency_id="sd")
+            t_btn_seeds.click(h(self.sd_interp_seeds), [t_prompt, *sd_common, t_seed, t_seed_b, t_frames, t_w, t_h,
+                                                        t_fps],
+                              [t_strip, t_gif, t_status], api_name="sd_interpolate_seeds",
+                              concurrency_limit=1, concurrency_id="sd")
+            t_btn_prompts.click(h(self.sd_interp_prompts), [t_prompt, t_prompt_b, *sd_common, t_seed, t_frames, t_w,
+                                                            t_h, t_fps],
+                                [t_strip, t_gif, t_status], api_name="sd_interpolate_prompts",
+                                concurrency_limit=1, concurrency_id="sd")
+
+            review_out = [r_session, r_left, r_right, r_progress, r_q1, r_q2, r_panel]
+            r_start.click(h(self.review_start), [r_name, r_session], review_out, api_name="review_start")
+            r_name.submit(h(self.review_start), [r_name, r_session], review_out, **priv)
+            r_submit.click(h(self.review_answer), [r_q1, r_q2, r_session], review_out, api_name="review_answer")
+            r_skip.click(h(self.review_skip), [r_session], review_out, api_name="review_skip")
+
+            demo.load(lambda: (self.about_markdown(), self.sd_status()),
+                      None, [a_md, t_status], **priv)
+            about_tab.select(self.about_markdown, None, a_md, **priv)  # fresh review counts, SD state
+            gr.api(self.exports_info, api_name="exports")
+            gr.api(h(self.review_stats), api_name="review_stats")
+        return demo
+
+    # ---- API-only ---------------------------------------------------------------------------------------
+    def exports_info(self) -> list[dict]:
+        """Every export the app serves with its training facts (the About table as data)."""
+        return [dict(e.facts(), key=e.key, kind=e.kind) for e in self.catalog.entries.values()]
+
+    def review_stats(self) -> dict:
+        """Counts from the review database (answers, raters, sessions, per question)."""
+        return self.book.stats()
+
+    # ---- running ----------------------------------------------------------------------------------------
+    def launch(self, **kw):
+        self.demo.queue(default_concurrency_limit=self.cfg.concurrency, max_size=self.cfg.max_queue)
+        theme = gr.themes.Soft(primary_hue="red", secondary_hue="amber", neutral_hue="slate",
+                               font=["ui-sans-serif", "system-ui", "sans-serif"],
+                               font_mono=["ui-monospace", "Consolas", "monospace"])
+        opts = dict(server_name=self.cfg.host, server_port=self.cfg.port, share=self.cfg.share, show_error=True,
+                    theme=theme, css=CSS, allowed_paths=[str(self.out.root)], footer_links=[])
+        opts.update(kw)
+        return self.demo.launch(**opts)
+
+    def close(self):
+        self.demo.close()
+
