@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ class Trainer:
         self.nan_rollbacks = 0
         self.wall_seconds = 0.0
         self._stop = threading.Event()
+        self._eval_warnings: set[str] = set()
 
         if run_dir is None:
             if runs_dir is None:
@@ -459,7 +461,9 @@ class Trainer:
         metrics = tuple(m.strip() for m in self.cfg.eval_metrics.split(",") if m.strip())
         try:
             # evaluation must not consume the training RNG stream (resume stays exact)
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                    warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 res = evaluate_generator(lambda k, s: self.engine.sample(n=k, seed=s), self.datasets[-1],
                                          n=self.cfg.eval_n, metrics=metrics, device=self.device,
                                          seed=self.cfg.seed + 1_000_000)
@@ -467,6 +471,12 @@ class Trainer:
             self.writer.log("event", epoch, self.step, event="eval_failed", message=f"{type(e).__name__}: {e}")
             tqdm.write(f"warning: evaluation failed at epoch {epoch}: {e}")
             return None
+        for w in caught:  # e.g. "FID from 649 real images is biased": say it once per run, not every epoch
+            text = str(w.message)
+            if text not in self._eval_warnings:
+                self._eval_warnings.add(text)
+                self.writer.log("event", epoch, self.step, event="eval_warning", message=text)
+                self.writer.append_log(f"warning: {text}")
         res = dict(res)
         res.setdefault("eval_seconds", time.perf_counter() - t0)
         self.writer.log("eval", epoch, self.step, **res)

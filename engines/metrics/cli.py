@@ -1,0 +1,153 @@
+"""``pokelab eval TARGET --against REAL``: metrics of a run, an export or an image folder.
+
+Building the parser imports nothing heavy; torch and the networks load when the command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+DEFAULT_METRICS = "fid,kid,ms_ssim"
+
+
+def add_eval_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="FID/KID/MS-SSIM/LPIPS/novelty of a run, an export or an image folder",
+        description="Evaluate generated images against real ones. TARGET is a run folder (its export is "
+                    "sampled), an export folder, or a folder of images (then this is folder-vs-folder, the "
+                    "same FID as `python -m pytorch_fid TARGET REAL`). REAL is an image folder, a zip/tar or a "
+                    "prepared dataset. Real-image statistics are cached (POKELAB_CACHE, default "
+                    "~/.cache/pokelab).")
+    p.add_argument("target", help="run folder, export folder or image folder")
+    p.add_argument("--against", required=True, metavar="REAL", help="real images: folder, zip/tar or prepared dataset")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help="comma-separated: fid,kid,ms_ssim,lpips,novelty,is or 'all' (default: %(default)s)")
+    p.add_argument("--n", type=int, default=2000, help="images to generate for a run/export (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per network batch (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling / subset seed (default: %(default)s)")
+    p.add_argument("--background", default="white",
+                   help="background for transparent real images prepared on the fly (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def _device(name: str):
+    import torch
+
+    if name in (None, "", "auto"):
+        return None
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but it is not available here")
+    return dev
+
+
+def _is_model(path: Path) -> bool:
+    from ..export import CONFIG
+    from ..runs import is_run_dir
+
+    return is_run_dir(path) or (path / CONFIG).is_file()
+
+
+def run_eval(args) -> int:
+    from .evaluate import evaluate_generator, evaluate_images, parse_metrics
+    from .sources import is_image_folder, load_image_folder, load_real
+
+    target, against = Path(args.target), Path(args.against)
+    for p, what in ((target, "TARGET"), (against, "--against")):
+        if not p.exists():
+            raise FileNotFoundError(f"{what} {p}: no such file or folder")
+    if args.n < 2:
+        raise ValueError("--n must be at least 2")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    metrics = parse_metrics(args.metrics)
+    device = _device(args.device)
+    details: dict = {}
+    info: dict = {"target": str(target), "against": str(against)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if target.is_dir() and _is_model(target):
+            from ..export import load_export
+
+            engine = load_export(target, device=device)
+            if getattr(engine, "kind", "generate") != "generate":
+                raise ValueError(f"{target}: engine {engine.name!r} translates images; `pokelab eval` samples "
+                                 "unconditional generators. Translate a folder and evaluate the output folder.")
+            from ..data import load_dataset
+
+            # the training pipeline's pixels (and content key), so the trainer's cached statistics are reused
+            real = load_dataset(against, size=engine.image_size, background=args.background, progress=False)
+            info.update(kind="generator", engine=engine.name, image_size=engine.image_size)
+            res = evaluate_generator(lambda k, s: engine.sample(n=k, seed=s), real, n=args.n, metrics=metrics,
+                                     batch_size=args.batch_size, device=device, seed=args.seed,
+                                     progress=args.progress, details=details)
+            fake_names = None
+        elif is_image_folder(target):
+            fake = load_image_folder(target)
+            real = load_real(against, size=fake.size, background=args.background)
+            info.update(kind="images", images=len(fake.images))
+            res = evaluate_images(fake.images, real, metrics=metrics, batch_size=args.batch_size, device=device,
+                                  seed=args.seed, progress=args.progress, details=details)
+            fake_names = fake.files
+        else:
+            raise ValueError(f"{target}: neither a run, an export, nor a folder of images")
+    info["real_images"] = int(len(real.images))
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    nov = details.get("novelty")
+    if args.json:
+        out = {**info, "metrics": res, "warnings": notes}
+        if nov is not None:
+            out["novelty"] = {**nov.as_dict(), "samples": fake_names}
+        print(json.dumps(out, indent=2))
+    else:
+        for msg in notes:
+            print(f"warning: {msg}", file=sys.stderr)
+        print(_table(info, res))
+        if nov is not None:
+            print(_nearest_table(nov, fake_names))
+    return 0
+
+
+def _fmt(key: str, res: dict) -> str:
+    v = res[key]
+    if key == "collapse":
+        return "YES (samples far more alike than real images)" if v else "no"
+    if key in ("kid", "is") and f"{key}_std" in res:
+        return f"{v:.5g} ± {res[key + '_std']:.2g}"
+    if key == "eval_n":
+        return str(int(v))
+    if key == "eval_seconds":
+        return f"{v:.1f} s"
+    return f"{v:.5g}"
+
+
+def _table(info: dict, res: dict) -> str:
+    head = (f"{info['target']} ({info.get('engine', 'images')}, {int(res['eval_n'])} images) vs {info['against']} "
+            f"({info['real_images']} images)")
+    rows = [(k, _fmt(k, res)) for k in res if not k.endswith("_std")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def _nearest_table(nov, fake_names, top: int = 5) -> str:
+    import numpy as np
+
+    order = np.argsort(nov.distance)[:top]
+    lines = [f"closest to a training image (memorised below distance {nov.threshold:.4g}):"]
+    for i in order:
+        name = fake_names[i] if fake_names else f"sample {i}"
+        real = nov.files[i] if nov.files else f"real #{int(nov.index[i])}"
+        lines.append(f"  {name} -> {real}  distance {nov.distance[i]:.4g}")
+    return "\n".join(lines)
