@@ -191,3 +191,22 @@ def test_overrides():
     with pytest.raises(ValueError, match="no setting 'g_widht'"):
         DCGAN.resolve_config({"g_widht": 3})
     assert json.dumps(c.to_dict())
+
+
+def test_evaluation_on_the_cadence(tmp_path, tiny_dataset):
+    """FID/KID/MS-SSIM lines land in metrics.jsonl at eval epochs; training RNG is untouched by them."""
+    c = cfg(epochs=2, eval_every=2, eval_n=12, sample_every=0)
+    t = Trainer("dcgan", tiny_dataset, tmp_path / "a", c, progress=False)
+    t.fit()
+    m = read_metrics(t.run_dir)
+    (ev,) = m.eval
+    assert ev["epoch"] == 2 and ev["eval_n"] == 12 and ev["eval_seconds"] > 0
+    for k in ("fid", "kid", "kid_std", "ms_ssim/fake", "ms_ssim/real"):
+        assert math.isfinite(ev[k]), k
+    assert ev["fid"] > 0 and ev["collapse"] in (0, 1)
+    # the small-sample warning is reported once as an event, not dropped and not repeated
+    assert sum(e.get("event") == "eval_warning" for e in m.events) >= 1
+    no_eval = Trainer("dcgan", tiny_dataset, tmp_path / "b", cfg(epochs=2, eval_every=0, sample_every=0),
+                      progress=False)
+    no_eval.fit()
+    assert_same_state(params(t.engine), params(no_eval.engine))
