@@ -85,7 +85,9 @@ def _interpolate(args) -> int:
         raise ValueError("--frames must be between 2 and 512")
     engine = load_export(args.target, device=_device(args.device))
     kw = {"truncation_psi": args.truncation} if args.truncation is not None else {}
-    legs = [engine.interpolate(a, b, frames=args.frames, mode=args.mode, **kw)
+    if args.mode:  # otherwise the engine's own default (slerp in z; a straight line in W for StyleGAN2)
+        kw["mode"] = args.mode
+    legs = [engine.interpolate(a, b, frames=args.frames, **kw)
             for a, b in zip(args.seeds[:-1], args.seeds[1:])]
     frames = torch.cat([leg if i == 0 else leg[1:] for i, leg in enumerate(legs)])
     save_gif(to_pil_list(frames), args.out, fps=args.fps, boomerang=len(args.seeds) == 2)
@@ -146,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("target", help="export folder or run folder")
     i.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     i.add_argument("--frames", type=int, default=24, help="frames per leg")
-    i.add_argument("--mode", choices=["slerp", "lerp"], default="slerp")
+    i.add_argument("--mode", help="slerp or lerp in z; StyleGAN2 also takes w (its default) — "
+                                  "default: the engine's own")
     i.add_argument("--truncation", type=float)
     i.add_argument("--fps", type=float, default=12)
     i.add_argument("--out", default="walk.gif")

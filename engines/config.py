@@ -21,7 +21,7 @@ class TrainConfig:
     checkpoint_every: int = 1     # epochs; also on SIGINT/SIGTERM and at the end
     grid_n: int = 64              # images in the fixed-latent sample grid
     augment: str | None = None    # None: the engine's default (DiffAugment; ADA for StyleGAN2)
-    augment_options: dict[str, Any] = field(default_factory=lambda: {"policy": "color,translation,cutout"})
+    augment_options: dict[str, Any] = field(default_factory=dict)  # e.g. DiffAugment's policy, ADA's target
     amp: bool = True              # mixed precision on CUDA (bf16, or fp16 + loss scaling)
     device: str = "auto"          # auto | cpu | cuda | cuda:N | mps
     background: str = "white"     # alpha flattening when the data is prepared on the fly
