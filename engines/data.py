@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .runs import atomic_write_json
+from .runs import atomic_write_json, atomic_writer
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -571,34 +571,10 @@ def _pixels_digest(arr: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
 
 
-def _umask_mode(path: Path) -> None:
-    """mkstemp creates 0600 files; a dataset or shared cache should get the usual umask-based mode."""
-    mask = os.umask(0)
-    os.umask(mask)
-    try:
-        os.chmod(path, 0o666 & ~mask)
-    except OSError:
-        pass
-
-
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    """Like engines.runs.atomic_write_bytes, but streams the array to the temp file (a large set would
-    otherwise be held twice in memory as bytes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        _umask_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Streams the array into the atomic temp file (a large set would otherwise sit twice in memory)."""
+    with atomic_writer(path) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
 def _write_prepared(folder: Path, ds: PreparedDataset, images: np.ndarray, raw_source: str,
@@ -627,7 +603,6 @@ def _write_prepared(folder: Path, ds: PreparedDataset, images: np.ndarray, raw_s
         "skipped": [list(s) for s in ds.skipped],
         "ignored": ds.ignored,
     })
-    _umask_mode(meta_path)
 
 
 def _foreign_json(meta_path: Path) -> bool:

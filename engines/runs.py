@@ -12,6 +12,7 @@ No torch import here: the studio reads runs with this module and never imports t
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -32,14 +33,16 @@ class RunFormatError(ValueError):
 
 
 # ---- atomic writes ---------------------------------------------------------------
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike):
+    """Yield a binary file; on success it is fsynced and renamed over ``path``, on error removed.
+    Readers never see a half-written file, and the old content survives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; runs are often shared
@@ -50,6 +53,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def _umask() -> int:
@@ -191,17 +199,14 @@ def read_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def read_metrics(run_dir: str | os.PathLike) -> Metrics:
-    """Tolerant reader: a partial last line (run still being written), malformed lines and
-    unknown keys never raise; problems are collected in ``warnings``."""
-    m = Metrics()
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.exists():
-        m.warnings.append("no metrics.jsonl yet")
-        return m
+def read_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
+    """Tolerant JSON-lines reader: objects in order, plus warnings for malformed lines and for a
+    partial last line (a file still being written). Never raises on content."""
+    p = Path(path)
     data = p.read_bytes().decode("utf-8", errors="replace")
     lines = data.split("\n")
     partial_tail = not data.endswith("\n") and lines[-1] != ""
+    records, warnings = [], []
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
@@ -211,10 +216,23 @@ def read_metrics(run_dir: str | os.PathLike) -> Metrics:
                 raise ValueError("not an object")
         except ValueError:
             if partial_tail and i == len(lines):
-                m.warnings.append(f"line {i}: partial last line (run still writing?)")
+                warnings.append(f"{p.name} line {i}: partial last line (still being written?)")
             else:
-                m.warnings.append(f"line {i}: malformed, skipped")
+                warnings.append(f"{p.name} line {i}: malformed, skipped")
             continue
+        records.append(rec)
+    return records, warnings
+
+
+def read_metrics(run_dir: str | os.PathLike) -> Metrics:
+    """A run's metrics split by kind; problems are collected in ``warnings``, unknown keys kept."""
+    m = Metrics()
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        m.warnings.append("no metrics.jsonl yet")
+        return m
+    records, m.warnings = read_jsonl(p)
+    for rec in records:
         kind = rec.get("kind", "train")
         {"train": m.train, "eval": m.eval}.get(kind, m.events).append(rec)
     return m

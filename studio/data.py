@@ -251,28 +251,6 @@ def _is_numberish(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
 
 
-def _read_jsonl(p: Path) -> tuple[list[dict[str, Any]], list[str], bool]:
-    """Tolerant JSON-lines reader for the other tools' logs: (records, warnings, partial last line?)."""
-    data = p.read_bytes().decode("utf-8", errors="replace")
-    lines = data.split("\n")
-    partial = not data.endswith("\n") and lines[-1] != ""
-    recs, warns = [], []
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-            if not isinstance(rec, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if partial and i == len(lines):
-                continue
-            warns.append(f"{p.name} line {i}: malformed, skipped")
-            continue
-        recs.append(rec)
-    return recs, warns, partial
-
-
 def _read_json(p: Path, run: Run) -> dict[str, Any]:
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
@@ -377,10 +355,9 @@ def _load_stylegan(run: Run) -> None:
     rows: list[dict[str, Any]] = []
     stats = path / "stats.jsonl"
     if stats.is_file():
-        recs, warns, partial = _read_jsonl(stats)
-        run.warnings += warns
-        if partial:
-            run.notes.append("stats.jsonl: partial last line (still writing?)")
+        recs, warns = R.read_jsonl(stats)
+        run.warnings += [w for w in warns if "partial last line" not in w]
+        run.notes += [w for w in warns if "partial last line" in w]
         for rec in recs:
             row: dict[str, Any] = {"x": _mean(rec.get("Progress/kimg")), "time": _num(rec.get("timestamp"))}
             for k, v in rec.items():
@@ -417,7 +394,7 @@ def _load_stylegan(run: Run) -> None:
 
     evals: dict[float, dict[str, Any]] = {}
     for mf in sorted(path.glob("metric-*.jsonl")):
-        recs, warns, _ = _read_jsonl(mf)
+        recs, warns = R.read_jsonl(mf)
         run.warnings += warns
         for rec in recs:
             snap = str(rec.get("snapshot_pkl") or "")
