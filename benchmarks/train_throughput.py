@@ -2,6 +2,8 @@
 
     python benchmarks/train_throughput.py                      # DCGAN at 64 and 128 px, batch 64
     python benchmarks/train_throughput.py --engines dcgan wgan_gp --sizes 64 --steps 10
+    python benchmarks/train_throughput.py --engines stylegan2_ada --sizes 64 --batch 32 \
+        --set channel_base=2048 --set channel_max=128 --set z_dim=128 --set w_dim=128 --set mapping_layers=4
 
 Each measurement runs in its own subprocess so peak RSS belongs to that configuration alone.
 "Plain loop" = the PyTorch DCGAN example's recipe: a DataLoader over a float TensorDataset,
@@ -33,18 +35,24 @@ def synthetic(n: int, size: int):
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
 
 
-def run_trainer(engine: str, size: int, batch: int, steps: int, width: int | None, augment: str, device: str):
+WIDTH_KEYS = {"dcgan": ("g_width", "d_width"), "wgan_gp": ("g_width", "d_width"),
+              "aegan": ("g_width", "d_width", "e_width")}
+
+
+def run_trainer(engine: str, size: int, batch: int, steps: int, width: int | None, augment: str, device: str,
+                overrides: list[str]):
     import tempfile
 
-    from engines.config import TrainConfig
+    from engines.config import TrainConfig, apply_overrides
     from engines.runs import read_metrics
     from engines.trainer import Trainer
 
     imgs = synthetic(batch * steps, size)
     ds = types.SimpleNamespace(images=imgs, key="bench", name="bench", source="synthetic")
-    eng = {"g_width": width, "d_width": width} if width else {}
+    eng = {k: width for k in WIDTH_KEYS.get(engine, ())} if width else {}
     cfg = TrainConfig(image_size=size, batch_size=batch, epochs=2, sample_every=0, eval_every=0,
                       checkpoint_every=0, augment=augment, device=device, engine=eng)
+    apply_overrides(cfg, overrides)
     with tempfile.TemporaryDirectory() as d:
         t = Trainer(engine, ds, d, cfg, progress=False)
         t.fit()
@@ -106,7 +114,8 @@ def one(args) -> None:
     if args.one == "plain":
         ips = run_plain(args.size, args.batch, args.steps, args.width, args.device)
     else:
-        ips = run_trainer(args.one, args.size, args.batch, args.steps, args.width, args.augment, args.device)
+        ips = run_trainer(args.one, args.size, args.batch, args.steps, args.width, args.augment, args.device,
+                          args.set or [])
     print(json.dumps({"img_per_s": ips, "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -118,6 +127,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (one epoch)")
     p.add_argument("--width", type=int, default=None, help="g_width/d_width (default: the engine's)")
     p.add_argument("--augment", default="none", help="trainer augmentation (the plain loop has none)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="engine settings, as for pokelab train")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -129,11 +139,13 @@ def main() -> None:
     def measure(kind: str, size: int, augment: str) -> dict:
         cmd = [sys.executable, __file__, "--one", kind, "--size", str(size), "--batch", str(args.batch),
                "--steps", str(args.steps), "--augment", augment, "--device", args.device,
-               "--threads", str(args.threads)] + (["--width", str(args.width)] if args.width else [])
+               "--threads", str(args.threads)] + (["--width", str(args.width)] if args.width else []) \
+            + [a for kv in (args.set or []) for a in ("--set", kv)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    print(f"batch {args.batch}, {args.steps} timed steps, device {args.device}, width {args.width or 'default'}")
+    print(f"batch {args.batch}, {args.steps} timed steps, device {args.device}, width {args.width or 'default'}"
+          + (f", settings {' '.join(args.set)}" if args.set else ""))
     print(f"{'engine':10s} {'size':>4s} {'route':22s} {'img/s':>8s} {'peak RSS MB':>12s} {'ratio':>6s}")
     for size in args.sizes:
         plain = measure("plain", size, "none") if "dcgan" in args.engines else None
@@ -141,7 +153,10 @@ def main() -> None:
             print(f"{'dcgan':10s} {size:4d} {'plain PyTorch loop':22s} {plain['img_per_s']:8.1f} "
                   f"{plain['peak_rss_mb']:12.0f} {'1.00':>6s}")
         for eng in args.engines:
-            for aug in dict.fromkeys([args.augment, "diffaugment"] if eng == "dcgan" else [args.augment]):
+            augs = [args.augment, "diffaugment"] if eng == "dcgan" else [args.augment]
+            if eng == "stylegan2_ada":
+                augs = ["ada"]  # its own pipeline, part of the method
+            for aug in dict.fromkeys(augs):
                 r = measure(eng, size, aug)
                 ratio = f"{r['img_per_s'] / plain['img_per_s']:.2f}" if plain and eng == "dcgan" else "-"
                 route = f"trainer ({aug})"
