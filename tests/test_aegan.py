@@ -10,6 +10,7 @@ from engines.augment import build_augment
 from engines.export import load_export, save_export
 from engines.generate.aegan import AEGAN, _kl_to_standard_normal
 from engines.registry import get_engine
+from helpers import Killed, kill_at_step
 
 TINY = {"g_width": 8, "e_width": 8, "d_width": 8, "max_channels": 32, "dz_width": 16, "dz_layers": 2}
 REQUIRED = ("loss/D", "loss/G", "acc/D_real", "acc/D_fake")
@@ -273,10 +274,6 @@ def test_sampling_engine_has_an_encoder_but_no_discriminators():
     assert e.encode(blobs(2)).shape == (2, 16)  # default z_dim
 
 
-class _Killed(Exception):
-    """Stands in for kill -9 in the middle of a step."""
-
-
 def test_trainer_run_writes_recon_grids_and_resumes_bit_identically(tmp_path, tiny_dataset):
     """End to end with the generic trainer: extra 'recon' grids, AEGAN scalars in metrics.jsonl, export
     with the encoder, and a run killed mid-epoch that resumes to the same weights as an uninterrupted one."""
@@ -306,16 +303,8 @@ def test_trainer_run_writes_recon_grids_and_resumes_bit_identically(tmp_path, ti
     assert torch.equal(exported.encode(x), ref.engine.encode(x))
 
     t = Trainer("aegan", tiny_dataset, tmp_path / "cut", cfg(), progress=False)
-    real_step, calls = t.engine.train_step, {"n": 0}
-
-    def dying_step(batch):
-        calls["n"] += 1
-        if calls["n"] == 8:  # mid epoch 2 (5 steps per epoch)
-            raise _Killed()
-        return real_step(batch)
-
-    t.engine.train_step = dying_step
-    with pytest.raises(_Killed):
+    kill_at_step(t.engine, 8)  # mid epoch 2 (5 steps per epoch)
+    with pytest.raises(Killed):
         t.fit()
     resumed = Trainer.resume(t.run_dir, dataset=tiny_dataset, progress=False)
     resumed.fit()

@@ -8,6 +8,7 @@ from engines.config import TrainConfig, apply_overrides
 from engines.export import load_export
 from engines.runs import checkpoint_path, list_samples, read_info, read_metrics
 from engines.trainer import Trainer, TrainingError, epoch_indices
+from helpers import Killed, kill_at_step, on_nth_step
 
 TINY = {"g_width": 8, "d_width": 8, "z_dim": 16}
 
@@ -63,10 +64,6 @@ def test_epoch_indices_depend_only_on_seed_and_epoch():
     assert not set(r0.tolist()) & set(r1.tolist())
 
 
-class Killed(Exception):
-    """Stands in for kill -9: the process dies mid-step, nothing gets saved."""
-
-
 @pytest.mark.parametrize("engine", ["dcgan", "wgan_gp"])
 def test_resume_after_kill_is_bit_identical(tmp_path, tiny_dataset, engine):
     torch.manual_seed(0)
@@ -75,15 +72,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, tiny_dataset, engine):
     ref_lines = read_metrics(ref.run_dir).train
 
     t = Trainer(engine, tiny_dataset, tmp_path / "cut", cfg(seed=5), progress=False)
-    real_step, calls = t.engine.train_step, {"n": 0}
-
-    def dying_step(batch):
-        calls["n"] += 1
-        if calls["n"] == 13:  # mid epoch 3 (5 steps per epoch)
-            raise Killed()
-        return real_step(batch)
-
-    t.engine.train_step = dying_step
+    kill_at_step(t.engine, 13)  # mid epoch 3 (5 steps per epoch)
     with pytest.raises(Killed):
         t.fit()
     with open(t.run_dir / "metrics.jsonl", "a") as f:
@@ -110,15 +99,7 @@ def test_stop_request_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, tiny_d
     ref = Trainer("dcgan", tiny_dataset, tmp_path / "ref", cfg(), progress=False)
     ref.fit()
     t = Trainer("dcgan", tiny_dataset, tmp_path / "int", cfg(), progress=False)
-    real_step, calls = t.engine.train_step, {"n": 0}
-
-    def step(batch):
-        calls["n"] += 1
-        if calls["n"] == 7:  # SIGINT arrives during epoch 2, batch 2
-            t.request_stop()
-        return real_step(batch)
-
-    t.engine.train_step = step
+    on_nth_step(t.engine, 7, before=t.request_stop)  # SIGINT arrives during epoch 2, batch 2
     t.fit()
     info = read_info(t.run_dir)
     assert info["status"] == "interrupted"
@@ -134,16 +115,7 @@ def test_stop_request_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, tiny_d
 
 def test_nan_guard_rolls_back_with_lower_lr(tmp_path, tiny_dataset):
     t = Trainer("dcgan", tiny_dataset, tmp_path, cfg(epochs=3), progress=False)
-    real_step, calls = t.engine.train_step, {"n": 0}
-
-    def step(batch):
-        calls["n"] += 1
-        out = real_step(batch)
-        if calls["n"] == 8:  # once, in epoch 2
-            out["loss/D"] = torch.tensor(float("nan"))
-        return out
-
-    t.engine.train_step = step
+    on_nth_step(t.engine, 8, after=lambda out: {**out, "loss/D": torch.tensor(float("nan"))})  # once, epoch 2
     t.fit()
     m = read_metrics(t.run_dir)
     ev = [e for e in m.events if e.get("event") == "nan_rollback"]
