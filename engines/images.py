@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .gif import gif_bytes
 from .runs import atomic_write_bytes
 
 
@@ -62,18 +63,7 @@ def to_pil_list(images: torch.Tensor) -> list[Image.Image]:
 
 def save_gif(frames: list[Image.Image] | list[np.ndarray], path: str | os.PathLike, fps: float = 8.0,
              loop: int = 0, boomerang: bool = False, hold_last: float = 0.0) -> Path:
-    """Animated GIF written atomically. ``boomerang`` plays forward then back (for latent walks);
-    ``hold_last`` keeps the last frame on screen that many extra seconds."""
-    frames = [f if isinstance(f, Image.Image) else Image.fromarray(f) for f in frames]
-    if not frames:
-        raise ValueError("no frames to write")
-    if boomerang and len(frames) > 2:
-        frames = frames + frames[-2:0:-1]
-    durations = [max(20, int(1000 / fps))] * len(frames)
-    durations[-1] += int(1000 * hold_last)
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=durations, loop=loop, optimize=False)
+    """``engines.gif.gif_bytes`` written atomically."""
     path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, gif_bytes(frames, fps=fps, loop=loop, boomerang=boomerang, hold_last=hold_last))
     return path

@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from .gif import stamp_label
 from .images import save_gif
 from .runs import RunFormatError, is_run_dir, list_samples
 
@@ -28,21 +29,11 @@ def timeline_frames(run_dir: str | os.PathLike, label: bool = True, max_size: in
             scale = max_size / max(im.size)
             im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
         if label:
-            im = _stamp(im, f"epoch {epoch}")
+            im = stamp_label(im, f"epoch {epoch}")
         frames.append(im)
     if not frames:
         raise RunFormatError(f"{run_dir}: no readable sample grids")
     return frames
-
-
-def _stamp(im: Image.Image, text: str) -> Image.Image:
-    """A white band under the grid with the text, so the art itself is never covered."""
-    font = ImageFont.load_default(size=max(12, im.width // 40))
-    band = max(16, im.width // 25)
-    out = Image.new("RGB", (im.width, im.height + band), "white")
-    out.paste(im, (0, 0))
-    ImageDraw.Draw(out).text((6, im.height + band // 2), text, fill="black", font=font, anchor="lm")
-    return out
 
 
 def write_timeline_gif(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, fps: float = 4,

@@ -57,13 +57,17 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def batches_per_epoch(n: int, batch_size: int, rank: int = 0, world: int = 1) -> int:
+    """Full batches one rank sees per epoch (its shard is every world-th image; the remainder is dropped)."""
+    return len(range(rank, n, world)) // batch_size
+
+
 def epoch_indices(n: int, seed: int, epoch: int, batch_size: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
     """This rank's batches for one epoch: a permutation derived from (seed, epoch) alone, so a resumed
     run sees exactly the batches it would have seen; incomplete last batches are dropped."""
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     perm = torch.randperm(n, generator=g)[rank::world]
-    nb = len(perm) // batch_size
-    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(nb)]
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(batches_per_epoch(n, batch_size, rank, world))]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -297,14 +301,14 @@ class Trainer:
         return x
 
     def _steps_per_epoch(self) -> int:
-        return len(epoch_indices(len(self.images[-1]), self.cfg.seed, 1, self.cfg.batch_size, self.rank, self.world))
+        """The same count _epoch_batches yields: unpaired domains stop at the shorter one."""
+        return min(batches_per_epoch(len(im), self.cfg.batch_size, self.rank, self.world) for im in self.images)
 
     def _epoch_batches(self, epoch: int):
         """Index batches for each domain; translation domains get independent permutations (unpaired)."""
         per_domain = [epoch_indices(len(im), self.cfg.seed + 7919 * d, epoch, self.cfg.batch_size,
                                     self.rank, self.world) for d, im in enumerate(self.images)]
-        n = min(len(b) for b in per_domain)
-        return [tuple(b[i] for b in per_domain) for i in range(n)]
+        return [tuple(b[i] for b in per_domain) for i in range(self._steps_per_epoch())]
 
     def fit(self) -> Path:
         cfg = self.cfg

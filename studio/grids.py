@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from scipy.ndimage import correlate1d
+
+from engines.gif import gif_bytes, stamp_label
 
 from .data import GridLayout
 from .paths import read_bytes_inside
@@ -196,19 +198,6 @@ def spread(items: list, k: int) -> list:
 
 
 # ---- GIF ----------------------------------------------------------------------------------------
-def _stamp(im: Image.Image, text: str) -> Image.Image:
-    """A white band under the grid with the label, so the art itself is never covered."""
-    band = max(16, im.width // 25)
-    try:
-        font = ImageFont.load_default(size=max(11, band * 2 // 3))
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    out = Image.new("RGB", (im.width, im.height + band), "white")
-    out.paste(im, (0, 0))
-    ImageDraw.Draw(out).text((6, im.height + band // 2), text, fill="black", font=font, anchor="lm")
-    return out
-
-
 def timeline_gif(frames: list[tuple[str, str | os.PathLike]], roots: Iterable[str | os.PathLike],
                  fps: float = 4.0, max_side: int = 512, hold_last: float = 1.5) -> tuple[bytes, list[str]]:
     """An animated GIF (bytes, built in memory) of the grids in order, each stamped with its label,
@@ -228,12 +217,7 @@ def timeline_gif(frames: list[tuple[str, str | os.PathLike]], roots: Iterable[st
         size = size or im.size
         if im.size != size:  # GIF frames share one canvas: fit later frames onto the first one's
             im = im.resize(size, Image.LANCZOS)
-        images.append(_stamp(im, label))
+        images.append(stamp_label(im, label))
     if not images:
         raise GridError("no readable sample grids for a GIF")
-    duration = max(20, int(round(1000 / max(fps, 0.1))))
-    durations = [duration] * len(images)
-    durations[-1] = max(duration, int(hold_last * 1000))
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
-    return buf.getvalue(), skipped
+    return gif_bytes(images, fps=fps, hold_last=hold_last), skipped
