@@ -5,6 +5,7 @@ read (with a reason), flattens transparency on a background, pads the art to a s
 resizes with Lanczos and stores the result as ``OUT/images.npy`` (uint8 [N, 3, S, S]) + ``OUT/dataset.json``.
 ``load_dataset(path)`` takes a prepared folder or a raw source; raw sources are prepared into a cache
 keyed by a content hash, so the second load only hashes bytes and never decodes an image again.
+With ``remove_background=True`` rembg (engines.background) cuts each subject out before flattening.
 
 Nothing here unpickles: the metadata is JSON and the pixels are read with ``allow_pickle=False``.
 torch is imported lazily so that building the CLI parser stays fast.
@@ -21,6 +22,7 @@ import re
 import sys
 import tarfile
 import tempfile
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import background as bgremoval
 from .runs import atomic_write_json, atomic_writer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,6 +82,8 @@ class PreparedDataset:
     source: str                       # the path it came from (absolute)
     ignored: int = 0                  # non-image files silently left out
     location: str | None = None       # prepared folder / cache entry it is stored in, if any
+    # None, or what rembg ran: background.describe_model() + counts "removed" / "kept_alpha"
+    background_removal: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -97,6 +102,77 @@ def _check_options(size: Any, background: Any, max_pixels: Any = DEFAULT_MAX_PIX
     if int(max_pixels) < 1:
         raise DataError("max_pixels must be >= 1")
     return size_i, str(background), int(max_pixels)
+
+
+@dataclass
+class _Removal:
+    """--remove-background: the rembg model (background.describe_model()), its session once images are
+    decoded, and how many pictures got a predicted mask vs kept their own alpha (for the report)."""
+    model: dict[str, Any]
+    session: Any = None
+    removed: int = 0
+    kept_alpha: int = 0
+    _lock: Any = field(default_factory=threading.Lock, repr=False)
+
+    def start(self) -> None:
+        """Loads the model (a named one may be downloaded by rembg): only when images are decoded, so a
+        cache hit or an up-to-date OUT never touches it."""
+        if self.session is None:
+            try:
+                self.session = bgremoval.make_session(self.model["model"], self.model["model_path"])
+            except bgremoval.BackgroundRemovalError as e:
+                raise DataError(str(e)) from None
+
+    def apply(self, rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+        try:
+            alpha, made = bgremoval.cutout_alpha(rgb, alpha, self.session)
+        except bgremoval.BackgroundRemovalError as e:  # a model problem: stop, never skip every image
+            raise DataError(str(e)) from None
+        with self._lock:  # called from the decoding threads
+            if made:
+                self.removed += 1
+            else:
+                self.kept_alpha += 1
+        return alpha
+
+    def record(self) -> dict[str, Any]:
+        return {**self.model, "removed": self.removed, "kept_alpha": self.kept_alpha}
+
+
+def _removal_key(model: dict[str, Any]) -> str:
+    """The part of the content key that names the masks: rembg version and model (file: its sha256, not
+    its path, so moving the file keeps the key)."""
+    sha = f" sha256={model['model_sha256']}" if model.get("model_sha256") else ""
+    return f"rembg {model.get('rembg_version')} {model.get('model')}{sha}"
+
+
+def _removal_options(remove_background: Any, rembg_model: Any, rembg_model_path: Any,
+                     background: str) -> _Removal | None:
+    if rembg_model_path is not None and not remove_background:
+        raise DataError("a rembg model file only applies with remove_background (--remove-background)")
+    if not remove_background:
+        return None
+    if background == "none":
+        raise DataError("background removal needs a background colour to put the subject on (white or "
+                        "black); with background 'none' the alpha it makes would be dropped")
+    if not isinstance(rembg_model, str) or not rembg_model:
+        raise DataError(f"rembg model must be a model name, got {rembg_model!r}")
+    try:
+        return _Removal(bgremoval.describe_model(rembg_model, rembg_model_path))
+    except bgremoval.BackgroundRemovalError as e:
+        raise DataError(str(e)) from None
+
+
+def _removal_text(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return "no background removal"
+    path = f" ({rec['model_path']})" if rec.get("model_path") else ""
+    return f"background removed by rembg {rec.get('model')}{path}"
+
+
+def _removal_note(rec: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
+    """' (…removal…)' for messages comparing two settings, '' when neither has removal."""
+    return f" ({_removal_text(rec)})" if rec or other else ""
 
 
 def default_cache_dir() -> Path:
@@ -141,7 +217,7 @@ def _rgb_alpha(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         scale = 255.0 if raw.size and raw.max() <= 1.0 else 1.0  # 0..1 floats, else already 0..255
         grey = np.clip(np.rint(raw * scale), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2), None
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+    has_alpha = bgremoval.image_has_alpha(im)
     try:
         # P with transparency goes through RGBA so the transparent index becomes alpha 0.
         conv = im.convert("RGBA" if has_alpha else "RGB")
@@ -173,7 +249,8 @@ def _to_square(rgb: np.ndarray, alpha: np.ndarray | None, size: int, background:
     return np.ascontiguousarray(rgb)
 
 
-def _decode_array(data: bytes, size: int, background: str, max_pixels: int) -> np.ndarray:
+def _decode_array(data: bytes, size: int, background: str, max_pixels: int,
+                  removal: _Removal | None = None) -> np.ndarray:
     """Encoded file bytes -> S x S x 3 uint8, or raise _Skip with the reason."""
     if not data:
         raise _Skip("empty file (0 bytes)")
@@ -206,29 +283,41 @@ def _decode_array(data: bytes, size: int, background: str, max_pixels: int) -> n
             raise _Skip(f"out of memory decoding a {w}x{h} image") from None
         except Exception as e:  # noqa: BLE001
             raise _Skip(f"truncated or corrupt image data ({_short(e)})") from None
+    if removal is not None:  # before flattening, so the cut-out lands on the background colour
+        alpha = removal.apply(rgb, alpha)
     return _to_square(rgb, alpha, size, background)
 
 
 def prepare_image(image: "Image.Image | bytes | str | os.PathLike", size: int = 128,
-                  background: str = "white", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                  background: str = "white", max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                  rembg_session: Any = None) -> np.ndarray:
     """One image (PIL image, encoded bytes or a path) -> S x S x 3 uint8, exactly as ``prepare`` does it.
-    For the app (a user's upload) and tests. Raises DataError with the reason if it cannot be used."""
+    For the app (a user's upload) and tests. ``rembg_session`` (from ``engines.background.make_session``)
+    removes the background first, as ``prepare(..., remove_background=True)`` does. Raises DataError with
+    the reason if it cannot be used."""
     size, background, max_pixels = _check_options(size, background, max_pixels)
+    removal = None
+    if rembg_session is not None:
+        if background == "none":
+            raise DataError("background removal needs background white or black, not 'none'")
+        removal = _Removal({}, session=rembg_session)
     try:
         if isinstance(image, Image.Image):
             w, h = image.size
             if w * h > max_pixels:
                 raise _Skip(f"too many pixels: {w}x{h} is over the limit of {max_pixels:,}")
             rgb, alpha = _rgb_alpha(image)
+            if removal is not None:
+                alpha = removal.apply(rgb, alpha)
             return _to_square(rgb, alpha, size, background)
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return _decode_array(bytes(image), size, background, max_pixels)
+            return _decode_array(bytes(image), size, background, max_pixels, removal)
         path = Path(image)
         try:
             data = path.read_bytes()
         except OSError as e:
             raise DataError(f"{path}: cannot read ({_short(e)})") from None
-        return _decode_array(data, size, background, max_pixels)
+        return _decode_array(data, size, background, max_pixels, removal)
     except _Skip as e:
         raise DataError(f"cannot use this image: {e}") from None
 
@@ -422,7 +511,8 @@ def _common_prefix(names: list[str]) -> str:
     return prefix
 
 
-def _scan(source: _Source, size: int, background: str, max_pixels: int, progress: bool) -> _Scan:
+def _scan(source: _Source, size: int, background: str, max_pixels: int, progress: bool,
+          removal: _Removal | None = None) -> _Scan:
     from tqdm.auto import tqdm
 
     found: list[tuple[str, Any, str, int]] = []  # (raw name, ref, digest or 'unreadable', nbytes)
@@ -477,22 +567,28 @@ def _scan(source: _Source, size: int, background: str, max_pixels: int, progress
             # archives may hold a name twice; like extraction, the later copy wins
             scan.skipped.append((name, "duplicate entry in the archive (the later copy was used)"))
         scan.entries[name] = (ref if idx not in problems else None, digest, n)
-    scan.key = _make_key(scan.entries, size, background, max_pixels)
+    scan.key = _make_key(scan.entries, size, background, max_pixels,
+                         _removal_key(removal.model) if removal is not None else None)
     return scan
 
 
-def _make_key(entries: dict[str, tuple[Any, str, int]], size: int, background: str, max_pixels: int) -> str:
+def _make_key(entries: dict[str, tuple[Any, str, int]], size: int, background: str, max_pixels: int,
+              removal: str | None = None) -> str:
     """sha256 over the pipeline version, the options and every (name, sha256 of bytes) in sorted order.
-    Hashing per-file digests lets archives be hashed in storage order in one streaming pass."""
+    Hashing per-file digests lets archives be hashed in storage order in one streaming pass. The removal
+    line is only there when it is on, so the keys of sets prepared without it did not change."""
     h = hashlib.sha256()
     h.update(f"{PIPELINE_VERSION}\nsize={size}\nbackground={background}\nmax_pixels={max_pixels}\n".encode())
+    if removal is not None:
+        h.update(f"remove_background={removal}\n".encode())
     for name in sorted(entries):
         h.update(name.encode("utf-8", "surrogateescape") + b"\0" + entries[name][1].encode() + b"\n")
     return h.hexdigest()[:16]
 
 
 def _decode_all(source: _Source, scan: _Scan, size: int, background: str, max_pixels: int,
-                progress: bool) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+                progress: bool, removal: _Removal | None = None
+                ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -512,7 +608,7 @@ def _decode_all(source: _Source, scan: _Scan, size: int, background: str, max_pi
 
     def work(name: str, data: bytes) -> tuple[str, np.ndarray | None, str]:
         try:
-            return name, _decode_array(data, size, background, max_pixels), ""
+            return name, _decode_array(data, size, background, max_pixels, removal), ""
         except _Skip as e:
             return name, None, str(e)
 
@@ -525,7 +621,8 @@ def _decode_all(source: _Source, scan: _Scan, size: int, background: str, max_pi
         bar.update(1)
 
     # Reading stays sequential (archives are streams); decoding runs in threads because PIL's decoders
-    # and resize release the GIL. A bounded window keeps memory flat on big sets.
+    # and resize release the GIL. A bounded window keeps memory flat on big sets. rembg predictions are
+    # serialised by engines.background (one at a time; onnxruntime itself uses all cores).
     workers = max(1, min(8, os.cpu_count() or 1))
     window: list = []
     with tqdm(total=len(refs), desc=f"preparing {source.path.name}", unit="img", disable=not progress) as bar, \
@@ -602,6 +699,7 @@ def _write_prepared(folder: Path, ds: PreparedDataset, images: np.ndarray, raw_s
         "files": ds.files,
         "skipped": [list(s) for s in ds.skipped],
         "ignored": ds.ignored,
+        "background_removal": ds.background_removal,
     })
 
 
@@ -648,6 +746,9 @@ def _read_prepared(folder: Path, verify: bool = True) -> tuple[PreparedDataset, 
         files = [str(f) for f in meta["files"]]
         skipped = [(str(a), str(b)) for a, b in meta.get("skipped", [])]
         key, background = str(meta["key"]), str(meta["background"])
+        removal = meta.get("background_removal")
+        if removal is not None and not isinstance(removal, dict):
+            raise TypeError("background_removal is not an object")
     except (KeyError, TypeError, ValueError) as e:
         raise _Corrupt(f"{folder}: dataset.json lacks a field or has a wrong one ({_short(e)})") from None
     try:
@@ -667,36 +768,42 @@ def _read_prepared(folder: Path, verify: bool = True) -> tuple[PreparedDataset, 
     ds = PreparedDataset(images=images, key=key, name=str(meta.get("name") or folder.name), size=size,
                          background=background, files=files, skipped=skipped,
                          source=str(folder.resolve()), ignored=int(meta.get("ignored", 0) or 0),
-                         location=str(folder.resolve()))
+                         location=str(folder.resolve()), background_removal=removal)
     return ds, meta
 
 
 # ---- public API -----------------------------------------------------------------------------------
 def _build(source: _Source, scan: _Scan, size: int, background: str, max_pixels: int,
-           progress: bool, src: Path) -> tuple[PreparedDataset, np.ndarray]:
+           progress: bool, src: Path, removal: _Removal | None = None) -> tuple[PreparedDataset, np.ndarray]:
     import torch
 
     if not scan.entries:
         what = f"; {scan.ignored} other file(s) were ignored" if scan.ignored else ""
         raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}{what})")
-    images, files, skipped = _decode_all(source, scan, size, background, max_pixels, progress)
+    if removal is not None:
+        removal.start()
+    images, files, skipped = _decode_all(source, scan, size, background, max_pixels, progress, removal)
     if not files:
         first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
         raise DataError(f"{src}: none of the {len(scan.entries)} image file(s) could be used ({first}"
                         f"{' ...' if len(skipped) > 3 else ''})")
     ds = PreparedDataset(images=torch.from_numpy(images), key=scan.key, name=source_name(src), size=size,
                          background=background, files=files, skipped=skipped, source=str(src.resolve()),
-                         ignored=scan.ignored)
+                         ignored=scan.ignored, background_removal=removal.record() if removal else None)
     return ds, images
 
 
 def prepare(src: str | os.PathLike, out: str | os.PathLike | None = None, size: int = 128,
             background: str = "white", progress: bool = True, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-            force: bool = False) -> PreparedDataset:
+            force: bool = False, remove_background: bool = False, rembg_model: str = bgremoval.DEFAULT_MODEL,
+            rembg_model_path: str | os.PathLike | None = None) -> PreparedDataset:
     """Prepare SRC (folder, .zip, .tar[.gz]) at ``size`` px on ``background``. With ``out`` the result
     is written there (atomically); an ``out`` already holding the same content key is reused unless
-    ``force``. Raises DataError when nothing usable is found."""
+    ``force``. ``remove_background``: rembg cuts each subject out first (``rembg_model`` by name, or a
+    local U2Net-style ONNX file ``rembg_model_path``); pictures with their own transparency keep it.
+    Raises DataError when nothing usable is found."""
     size, background, max_pixels = _check_options(size, background, max_pixels)
+    removal = _removal_options(remove_background, rembg_model, rembg_model_path, background)
     src_p = Path(src).expanduser()
     if is_prepared(src_p):
         raise DataError(f"{src_p} is already a prepared dataset; give the original images (its source was "
@@ -705,7 +812,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike | None = None, size: 
     if out_p is not None and out_p.exists() and not out_p.is_dir():
         raise DataError(f"{out_p}: OUT must be a folder, not a file")
     with _open_source(src_p) as source:
-        scan = _scan(source, size, background, max_pixels, progress)
+        scan = _scan(source, size, background, max_pixels, progress, removal)
         if out_p is not None and not force and is_prepared(out_p):
             try:
                 ds, _meta = _read_prepared(out_p)
@@ -715,7 +822,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike | None = None, size: 
                 if ds.key == scan.key:
                     ds.name, ds.source = source_name(src_p), str(src_p.resolve())
                     return ds
-        ds, images = _build(source, scan, size, background, max_pixels, progress, src_p)
+        ds, images = _build(source, scan, size, background, max_pixels, progress, src_p, removal)
     if out_p is not None:
         try:
             _write_prepared(out_p, ds, images, ds.source)
@@ -734,13 +841,20 @@ def _recorded_source(folder: Path) -> str | None:
 
 def load_dataset(path: str | os.PathLike, size: int = 128, background: str = "white",
                  cache_dir: str | os.PathLike | None = None, progress: bool = True, *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedDataset:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, remove_background: bool | None = None,
+                 rembg_model: str = bgremoval.DEFAULT_MODEL,
+                 rembg_model_path: str | os.PathLike | None = None) -> PreparedDataset:
     """A prepared folder, or a raw folder / zip / tar prepared into the cache
     (``cache_dir`` or $POKELAB_CACHE or ~/.cache/pokelab, entry ``datasets/<key>``).
 
     A prepared folder made at another size/background is re-prepared from the source it records (into
-    the cache; the folder is left alone); if that source is gone, DataError says what to run."""
+    the cache; the folder is left alone); if that source is gone, DataError says what to run.
+    ``remove_background`` None (default): a prepared folder is taken with or without background removal,
+    as it was made (and keeps it when re-prepared at another size); a raw source gets none. True/False
+    asks for it (with ``rembg_model`` / ``rembg_model_path``, as in ``prepare``); a prepared folder made
+    otherwise is re-prepared from its source."""
     size, background, max_pixels = _check_options(size, background, max_pixels)
+    removal = _removal_options(remove_background, rembg_model, rembg_model_path, background)
     p = Path(path).expanduser()
     if p.is_file() and p.name == "dataset.json":
         p = p.parent
@@ -749,22 +863,39 @@ def load_dataset(path: str | os.PathLike, size: int = 128, background: str = "wh
             ds, meta = _read_prepared(p)
         except _Corrupt as e:
             raise DataError(f"{e}; prepare it again with `pokelab data prepare SRC {p} --force`") from None
-        if ds.size == size and ds.background == background:
+        have = ds.background_removal
+        if remove_background is None:
+            same_removal = True
+        elif removal is None:
+            same_removal = not have
+        else:
+            same_removal = bool(have) and _removal_key(have) == _removal_key(removal.model)
+        if ds.size == size and ds.background == background and same_removal:
             return ds
+        if remove_background is None and have:  # re-prepared at another size: keep the folder's removal
+            want = {"remove_background": True, "rembg_model": have.get("model") or bgremoval.DEFAULT_MODEL,
+                    "rembg_model_path": have.get("model_path")}
+        else:
+            want = {"remove_background": removal is not None, "rembg_model": rembg_model,
+                    "rembg_model_path": rembg_model_path}
+        wants = have if remove_background is None else removal.model if removal else None
+        now, then = _removal_note(have, wants), _removal_note(wants, have)
         recorded = meta.get("source")
         if recorded and Path(recorded).exists() and not is_prepared(Path(recorded)):
             if progress:
-                print(f"note: {p} holds {ds.size} px images on {ds.background}; preparing {size} px on "
-                      f"{background} from its source {recorded}", file=sys.stderr)
-            return load_dataset(recorded, size, background, cache_dir, progress, max_pixels=max_pixels)
-        raise DataError(f"{p} was prepared at {ds.size} px on {ds.background} but {size} px on {background} "
-                        f"is needed, and its source ({recorded or 'not recorded'}) is not available; run "
-                        f"`pokelab data prepare SRC OUT --size {size} --background {background}`")
+                print(f"note: {p} holds {ds.size} px images on {ds.background}{now}; preparing {size} px on "
+                      f"{background}{then} from its source {recorded}", file=sys.stderr)
+            return load_dataset(recorded, size, background, cache_dir, progress, max_pixels=max_pixels, **want)
+        flag = " --remove-background" if want["remove_background"] else ""
+        raise DataError(f"{p} was prepared at {ds.size} px on {ds.background}{now} but {size} px on "
+                        f"{background}{then} is needed, and its source ({recorded or 'not recorded'}) is not "
+                        f"available; run `pokelab data prepare SRC OUT --size {size} --background "
+                        f"{background}{flag}`")
     if p.is_dir() and (p / "dataset.json").exists() and (p / "images.npy").exists():
         raise DataError(f"{p}: dataset.json was not written by pokelab data prepare")
 
     with _open_source(p) as source:
-        scan = _scan(source, size, background, max_pixels, progress)
+        scan = _scan(source, size, background, max_pixels, progress, removal)
         entry = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         entry = entry / "datasets" / scan.key
         if entry.exists():
@@ -777,7 +908,7 @@ def load_dataset(path: str | os.PathLike, size: int = 128, background: str = "wh
             else:
                 ds.name, ds.source = source_name(p), str(p.resolve())
                 return ds
-        ds, images = _build(source, scan, size, background, max_pixels, progress, p)
+        ds, images = _build(source, scan, size, background, max_pixels, progress, p, removal)
     try:
         _write_prepared(entry, ds, images, ds.source, cache_entry=True)
         ds.location = str(entry.resolve())
@@ -792,6 +923,10 @@ def format_report(ds: PreparedDataset, out: str | os.PathLike | None = None, reu
     where = f" -> {out}" if out is not None else ""
     lines = [f"{'up to date' if reused else 'prepared'}: {len(ds)} image(s) from {ds.source}{where}",
              f"  name {ds.name}, {ds.size}x{ds.size} px, background {ds.background}, key {ds.key}"]
+    rec = ds.background_removal
+    if rec:
+        lines.append(f"  {_removal_text(rec)}: {rec.get('removed', 0)} image(s) cut out, "
+                     f"{rec.get('kept_alpha', 0)} kept their own transparency")
     if ds.ignored:
         lines.append(f"  ignored {ds.ignored} non-image file(s)")
     if ds.skipped:
@@ -806,8 +941,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     try:
         out = Path(args.out)
         before = _read_key(out)
+        if not args.remove_background and (args.rembg_model or args.rembg_model_path):
+            raise DataError("--rembg-model and --rembg-model-path only apply with --remove-background")
         ds = prepare(args.src, out, size=args.size, background=args.background, progress=args.progress,
-                     max_pixels=args.max_pixels, force=args.force)
+                     max_pixels=args.max_pixels, force=args.force, remove_background=args.remove_background,
+                     rembg_model=args.rembg_model or bgremoval.DEFAULT_MODEL,
+                     rembg_model_path=args.rembg_model_path)
     except DataError as e:
         print(f"pokelab data prepare: error: {e}", file=sys.stderr)
         return 2
@@ -865,6 +1004,14 @@ def add_data_commands(subparsers) -> None:
                         "'none' keeps the colour under transparent pixels and pads with black)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--remove-background", action="store_true",
+                   help="cut each subject out with rembg first, so it lands on --background; pictures that "
+                        "already have transparency keep their own (needs pokelab[translate])")
+    p.add_argument("--rembg-model", metavar="NAME", default=None,
+                   help=f"rembg model for --remove-background (default {bgremoval.DEFAULT_MODEL}; "
+                        f"rembg downloads it on first use)")
+    p.add_argument("--rembg-model-path", metavar="FILE.onnx", default=None,
+                   help="a local U2Net-style ONNX model file instead (run as rembg's u2net_custom; offline)")
     p.add_argument("--force", action="store_true", help="re-prepare even if OUT is up to date")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     p.set_defaults(func=_cmd_prepare)
