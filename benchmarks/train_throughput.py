@@ -4,10 +4,13 @@
     python benchmarks/train_throughput.py --engines dcgan wgan_gp --sizes 64 --steps 10
     python benchmarks/train_throughput.py --engines stylegan2_ada --sizes 64 --batch 32 \
         --set channel_base=2048 --set channel_max=128 --set z_dim=128 --set w_dim=128 --set mapping_layers=4
+    python benchmarks/train_throughput.py --engines cyclegan cartoongan ugatit --sizes 128 --steps 4
 
 Each measurement runs in its own subprocess so peak RSS belongs to that configuration alone.
 "Plain loop" = the PyTorch DCGAN example's recipe: a DataLoader over a float TensorDataset,
-BCEWithLogitsLoss, and `.item()` on the losses every step. The trainer is timed from its own
+BCEWithLogitsLoss, and `.item()` on the losses every step; for translation engines the same recipe with
+CycleGAN's nets and losses (two DataLoaders, LSGAN + cycle + identity, no image pool). Translation engines
+run at their protocol batch (4) unless --batch is given; "img/s" counts source pictures translated in training. The trainer is timed from its own
 per-epoch img/s (epoch 1 is warm-up and discarded).
 """
 from __future__ import annotations
@@ -36,7 +39,9 @@ def synthetic(n: int, size: int):
 
 
 WIDTH_KEYS = {"dcgan": ("g_width", "d_width"), "wgan_gp": ("g_width", "d_width"),
-              "aegan": ("g_width", "d_width", "e_width")}
+              "aegan": ("g_width", "d_width", "e_width"), "cyclegan": ("ngf", "ndf"), "ugatit": ("ngf", "ndf"),
+              "cartoongan": ("ngf", "ndf")}
+TRANSLATION = ("cyclegan", "cartoongan", "ugatit")
 
 
 def run_trainer(engine: str, size: int, batch: int, steps: int, width: int | None, augment: str, device: str,
@@ -47,14 +52,17 @@ def run_trainer(engine: str, size: int, batch: int, steps: int, width: int | Non
     from engines.runs import read_metrics
     from engines.trainer import Trainer
 
-    imgs = synthetic(batch * steps, size)
-    ds = types.SimpleNamespace(images=imgs, key="bench", name="bench", source="synthetic")
+    from engines.registry import get_engine
+
+    cls = get_engine(engine)
+    sets = [types.SimpleNamespace(images=synthetic(batch * steps, size), key=f"bench{d}", name=f"bench{d}",
+                                  source="synthetic") for d in range(cls.domains)]
     eng = {k: width for k in WIDTH_KEYS.get(engine, ())} if width else {}
     cfg = TrainConfig(image_size=size, batch_size=batch, epochs=2, sample_every=0, eval_every=0,
                       checkpoint_every=0, augment=augment, device=device, engine=eng)
     apply_overrides(cfg, overrides)
     with tempfile.TemporaryDirectory() as d:
-        t = Trainer(engine, ds, d, cfg, progress=False)
+        t = Trainer(engine, sets if len(sets) > 1 else sets[0], d, cfg, progress=False)
         t.fit()
         rec = read_metrics(t.run_dir).train[-1]
     return rec["img_per_s"]
@@ -107,12 +115,64 @@ def run_plain(size: int, batch: int, steps: int, width: int | None, device: str)
     return n / (time.perf_counter() - t0)
 
 
+def run_plain_cyclegan(size: int, batch: int, steps: int, width: int | None, device: str):
+    """CycleGAN's nets and losses in a tutorial-style loop (the translation reference)."""
+    import itertools
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from engines.translate.cyclegan import PatchDiscriminator, ResnetGenerator
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    torch.manual_seed(0)
+    w = width or 64
+    G_AB, G_BA = ResnetGenerator(w).to(dev), ResnetGenerator(w).to(dev)
+    D_A, D_B = PatchDiscriminator(w).to(dev), PatchDiscriminator(w).to(dev)
+    oG = torch.optim.Adam(itertools.chain(G_AB.parameters(), G_BA.parameters()), 2e-4, betas=(0.5, 0.999))
+    oD = torch.optim.Adam(itertools.chain(D_A.parameters(), D_B.parameters()), 2e-4, betas=(0.5, 0.999))
+    loaders = [DataLoader(TensorDataset(synthetic(batch * steps, size).float() / 127.5 - 1), batch_size=batch,
+                          shuffle=True, drop_last=True) for _ in range(2)]
+    mse = lambda p, v: F.mse_loss(p, torch.full_like(p, v))  # noqa: E731
+
+    def epoch():
+        n = 0
+        for (a,), (b,) in zip(*loaders):
+            a, b = a.to(dev), b.to(dev)
+            fb, fa = G_AB(a), G_BA(b)
+            lossG = (mse(D_B(fb), 1) + mse(D_A(fa), 1) + 10 * (F.l1_loss(G_BA(fb), a) + F.l1_loss(G_AB(fa), b))
+                     + 5 * (F.l1_loss(G_AB(b), b) + F.l1_loss(G_BA(a), a)))
+            oG.zero_grad()
+            lossG.backward()
+            oG.step()
+            lossD = 0.5 * (mse(D_B(b), 1) + mse(D_B(fb.detach()), 0) + mse(D_A(a), 1) + mse(D_A(fa.detach()), 0))
+            oD.zero_grad()
+            lossD.backward()
+            oD.step()
+            _ = (lossD.item(), lossG.item())
+            n += a.size(0)
+        return n
+
+    epoch()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    n = epoch()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
 def one(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads) if args.threads else None
     if args.one == "plain":
         ips = run_plain(args.size, args.batch, args.steps, args.width, args.device)
+    elif args.one == "plain-cyclegan":
+        ips = run_plain_cyclegan(args.size, args.batch, args.steps, args.width, args.device)
     else:
         ips = run_trainer(args.one, args.size, args.batch, args.steps, args.width, args.augment, args.device,
                           args.set or [])
@@ -123,7 +183,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", nargs="+", default=["dcgan"])
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None,
+                   help="default: 64 for generation engines, 4 for translation engines (their protocols)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (one epoch)")
     p.add_argument("--width", type=int, default=None, help="g_width/d_width (default: the engine's)")
     p.add_argument("--augment", default="none", help="trainer augmentation (the plain loop has none)")
@@ -136,32 +197,40 @@ def main() -> None:
     if args.one:
         return one(args)
 
-    def measure(kind: str, size: int, augment: str) -> dict:
-        cmd = [sys.executable, __file__, "--one", kind, "--size", str(size), "--batch", str(args.batch),
+    def measure(kind: str, size: int, augment: str, batch: int) -> dict:
+        cmd = [sys.executable, __file__, "--one", kind, "--size", str(size), "--batch", str(batch),
                "--steps", str(args.steps), "--augment", augment, "--device", args.device,
                "--threads", str(args.threads)] + (["--width", str(args.width)] if args.width else []) \
             + [a for kv in (args.set or []) for a in ("--set", kv)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    print(f"batch {args.batch}, {args.steps} timed steps, device {args.device}, width {args.width or 'default'}"
-          + (f", settings {' '.join(args.set)}" if args.set else ""))
+    gen_batch = args.batch or 64
+    tr_batch = args.batch or 4
+    print(f"batch {gen_batch} (translation {tr_batch}), {args.steps} timed steps, device {args.device}, "
+          f"width {args.width or 'default'}" + (f", settings {' '.join(args.set)}" if args.set else ""))
     print(f"{'engine':10s} {'size':>4s} {'route':22s} {'img/s':>8s} {'peak RSS MB':>12s} {'ratio':>6s}")
+
+    def row(eng, size, route, r, ratio="-"):
+        print(f"{eng:10s} {size:4d} {route:22s} {r['img_per_s']:8.1f} {r['peak_rss_mb']:12.0f} {ratio:>6s}",
+              flush=True)
+
     for size in args.sizes:
-        plain = measure("plain", size, "none") if "dcgan" in args.engines else None
+        plain = measure("plain", size, "none", gen_batch) if "dcgan" in args.engines else None
         if plain:
-            print(f"{'dcgan':10s} {size:4d} {'plain PyTorch loop':22s} {plain['img_per_s']:8.1f} "
-                  f"{plain['peak_rss_mb']:12.0f} {'1.00':>6s}")
+            row("dcgan", size, "plain PyTorch loop", plain, "1.00")
+        plain_cg = measure("plain-cyclegan", size, "none", tr_batch) if "cyclegan" in args.engines else None
+        if plain_cg:
+            row("cyclegan", size, "plain PyTorch loop", plain_cg, "1.00")
         for eng in args.engines:
             augs = [args.augment, "diffaugment"] if eng == "dcgan" else [args.augment]
             if eng == "stylegan2_ada":
                 augs = ["ada"]  # its own pipeline, part of the method
+            batch = tr_batch if eng in TRANSLATION else gen_batch
             for aug in dict.fromkeys(augs):
-                r = measure(eng, size, aug)
-                ratio = f"{r['img_per_s'] / plain['img_per_s']:.2f}" if plain and eng == "dcgan" else "-"
-                route = f"trainer ({aug})"
-                print(f"{eng:10s} {size:4d} {route:22s} {r['img_per_s']:8.1f} {r['peak_rss_mb']:12.0f} {ratio:>6s}",
-                      flush=True)
+                r = measure(eng, size, aug, batch)
+                ref = plain if eng == "dcgan" else plain_cg if eng == "cyclegan" else None
+                row(eng, size, f"trainer ({aug})", r, f"{r['img_per_s'] / ref['img_per_s']:.2f}" if ref else "-")
 
 
 if __name__ == "__main__":

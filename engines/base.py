@@ -35,6 +35,8 @@ class Engine(nn.Module):
     default_augment: ClassVar[str] = "diffaugment"
     #: paper settings that differ from the shared protocol, recorded in run.json
     protocol_notes: ClassVar[str] = ""
+    #: trainer defaults (TrainConfig fields) of this engine's protocol where it is not the generation one
+    protocol_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -125,6 +127,9 @@ class Engine(nn.Module):
         """After each D step: adaptive pipelines (ADA) tune their probability from D's real logits."""
         if self.augment is not None:
             self.augment.update(real_logits.detach())
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each epoch (1-based): schedules (lr decay, warm-up phases) go here."""
 
     # ---- the contract ----------------------------------------------------------
     def train_step(self, batch) -> dict[str, torch.Tensor | float]:

@@ -23,7 +23,7 @@ def _train(args) -> int:
         from .registry import get_engine
 
         cls = get_engine(args.engine)  # unknown engine: clear error before touching the data
-        cfg = TrainConfig()
+        cfg = TrainConfig.for_engine(cls)
         for name in ("epochs", "batch_size", "image_size", "seed"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))

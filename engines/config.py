@@ -43,6 +43,12 @@ class TrainConfig:
             raise ValueError("nan_lr_factor must be in (0, 1]")
         return self
 
+    @classmethod
+    def for_engine(cls, engine_cls) -> "TrainConfig":
+        """The protocol defaults of an engine: generation's, updated by ``engine_cls.protocol_defaults``
+        (translation: batch 4, 200 epochs, samples every 5 epochs)."""
+        return cls(**getattr(engine_cls, "protocol_defaults", {}))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

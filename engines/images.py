@@ -67,3 +67,23 @@ def save_gif(frames: list[Image.Image] | list[np.ndarray], path: str | os.PathLi
     path = Path(path)
     atomic_write_bytes(path, gif_bytes(frames, fps=fps, loop=loop, boomerang=boomerang, hold_last=hold_last))
     return path
+
+
+# A perceptually ordered dark-to-bright palette (black, purple, red, orange, pale yellow), close to
+# matplotlib's "inferno"; interpolated linearly so no plotting library is needed.
+_HEAT_STOPS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
+
+
+def heatmap_rgb(maps: np.ndarray) -> np.ndarray:
+    """Maps in [0, 1], [N, H, W] -> uint8 RGB [N, H, W, 3] with the dark-to-bright palette."""
+    m = np.clip(np.asarray(maps, np.float32), 0, 1) * (len(_HEAT_STOPS) - 1)
+    lo = np.floor(m).astype(np.int64).clip(0, len(_HEAT_STOPS) - 2)
+    t = (m - lo)[..., None]
+    return (_HEAT_STOPS[lo] * (1 - t) + _HEAT_STOPS[lo + 1] * t + 0.5).astype(np.uint8)
+
+
+def overlay_heatmap(images: torch.Tensor, maps: np.ndarray, alpha: float = 0.6) -> torch.Tensor:
+    """uint8 NCHW pictures with [0, 1] maps [N, H, W] blended on top: uint8 NCHW."""
+    heat = torch.from_numpy(heatmap_rgb(maps)).permute(0, 3, 1, 2).float()
+    base = images.detach().cpu().float()
+    return (base * (1 - alpha) + heat * alpha + 0.5).clamp(0, 255).to(torch.uint8)

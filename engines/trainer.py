@@ -112,6 +112,18 @@ def _versions() -> dict[str, str]:
     return v
 
 
+def _removal_options(rec: dict[str, Any] | None) -> dict[str, Any]:
+    """load_dataset options that redo a recorded background removal (rembg) when a run is resumed."""
+    if not rec:
+        return {}
+    opts: dict[str, Any] = {"remove_background": True}
+    if rec.get("model_path"):
+        opts["rembg_model_path"] = rec["model_path"]
+    elif rec.get("model"):
+        opts["rembg_model"] = rec["model"]
+    return opts
+
+
 class Trainer:
     """``Trainer(engine_name, dataset, runs_dir, config).fit()`` or ``Trainer.resume(run_dir).fit()``.
 
@@ -169,7 +181,7 @@ class Trainer:
         if run_dir is None:
             if runs_dir is None:
                 raise TrainingError("runs_dir or run_dir is required")
-            run_dir = Path(runs_dir) / make_run_id(engine_name, self.datasets[-1].name)
+            run_dir = Path(runs_dir) / make_run_id(engine_name, "-to-".join(d.name for d in self.datasets))
         self.run_dir = Path(run_dir)
         self.writer = RunWriter(self.run_dir) if self.is_main else None
 
@@ -200,7 +212,8 @@ class Trainer:
     def _dataset_info(ds) -> dict[str, Any]:
         return {"name": ds.name, "key": ds.key, "count": int(len(ds.images)), "size": int(ds.images.shape[-1]),
                 "source": str(getattr(ds, "source", "")), "background": getattr(ds, "background", None),
-                "skipped": len(getattr(ds, "skipped", []) or [])}
+                "skipped": len(getattr(ds, "skipped", []) or []),
+                "background_removal": getattr(ds, "background_removal", None)}
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, dataset=None, epochs: int | None = None,
@@ -219,7 +232,8 @@ class Trainer:
         if dataset is None:
             from .data import load_dataset
 
-            dataset = [load_dataset(d["source"], size=d["size"], background=d.get("background") or cfg.background)
+            dataset = [load_dataset(d["source"], size=d["size"], background=d.get("background") or cfg.background,
+                                    **_removal_options(d.get("background_removal")))
                        for d in ds_infos]
         datasets = list(dataset) if isinstance(dataset, (tuple, list)) else [dataset]
         for want, got in zip(ds_infos, datasets):
@@ -329,6 +343,7 @@ class Trainer:
                 epoch = self.epoch + 1
                 t0 = time.perf_counter()
                 batches = self._epoch_batches(epoch)
+                self.engine.start_epoch(epoch, cfg.epochs)
                 start = self.batch_in_epoch
                 images_seen = 0
                 for bi in range(start, len(batches)):
@@ -452,12 +467,14 @@ class Trainer:
             "run_id": self.run_dir.name, "epochs": self.epoch, "steps": self.step,
             "dataset": self._dataset_info(self.datasets[-1]), "image_size": self.cfg.image_size,
             "batch_size": self.cfg.batch_size, "device": str(self.device),
+            **({"source_dataset": self._dataset_info(self.datasets[0])} if len(self.datasets) > 1 else {}),
         })
 
     def evaluate(self, epoch: int) -> dict[str, float] | None:
         """FID/KID/MS-SSIM on the cadence; a failing evaluation is logged, never kills the run."""
         try:
             from .metrics import evaluate_generator
+            from .metrics.translation import evaluate_translation
         except ImportError as e:
             self.writer.log("event", epoch, self.step, event="eval_skipped", message=f"metrics unavailable: {e}")
             return None
@@ -468,9 +485,13 @@ class Trainer:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                     warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                res = evaluate_generator(lambda k, s: self.engine.sample(n=k, seed=s), self.datasets[-1],
-                                         n=self.cfg.eval_n, metrics=metrics, device=self.device,
-                                         seed=self.cfg.seed + 1_000_000)
+                if self.engine_cls.kind == "translate":
+                    res = evaluate_translation(self.engine, self.datasets[0], self.datasets[1], metrics=metrics,
+                                               n=self.cfg.eval_n, device=self.device, seed=self.cfg.seed + 1_000_000)
+                else:
+                    res = evaluate_generator(lambda k, s: self.engine.sample(n=k, seed=s), self.datasets[-1],
+                                             n=self.cfg.eval_n, metrics=metrics, device=self.device,
+                                             seed=self.cfg.seed + 1_000_000)
         except Exception as e:  # noqa: BLE001 — report, keep training
             self.writer.log("event", epoch, self.step, event="eval_failed", message=f"{type(e).__name__}: {e}")
             tqdm.write(f"warning: evaluation failed at epoch {epoch}: {e}")

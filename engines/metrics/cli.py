@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 DEFAULT_METRICS = "fid,kid,ms_ssim"
+TRANSLATION_DEFAULT = "fid,kid,lpips,cycle,lpips_target"
 
 
 def add_eval_command(subparsers) -> argparse.ArgumentParser:
@@ -19,13 +20,22 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
         description="Evaluate generated images against real ones. TARGET is a run folder (its export is "
                     "sampled), an export folder, or a folder of images (then this is folder-vs-folder, the "
                     "same FID as `python -m pytorch_fid TARGET REAL`). REAL is an image folder, a zip/tar or a "
-                    "prepared dataset. Real-image statistics are cached (POKELAB_CACHE, default "
-                    "~/.cache/pokelab).")
+                    "prepared dataset. A translation run/export translates its source pictures (--source) and "
+                    "reports FID/KID of the outputs against REAL, LPIPS input-to-output, the cycle error and, "
+                    "where the two sets share file names, LPIPS against the true target. Real-image statistics "
+                    "are cached (POKELAB_CACHE, default ~/.cache/pokelab).")
     p.add_argument("target", help="run folder, export folder or image folder")
-    p.add_argument("--against", required=True, metavar="REAL", help="real images: folder, zip/tar or prepared dataset")
-    p.add_argument("--metrics", default=DEFAULT_METRICS,
-                   help="comma-separated: fid,kid,ms_ssim,lpips,novelty,is or 'all' (default: %(default)s)")
-    p.add_argument("--n", type=int, default=2000, help="images to generate for a run/export (default: %(default)s)")
+    p.add_argument("--against", metavar="REAL",
+                   help="real images: folder, zip/tar or prepared dataset (default for a run/export: the set it "
+                        "was trained on, where recorded)")
+    p.add_argument("--source", metavar="PICTURES",
+                   help="translation runs/exports: the pictures to translate (default: the recorded source set)")
+    p.add_argument("--metrics",
+                   help=f"comma-separated: fid,kid,ms_ssim,lpips,novelty,is or 'all' (default: {DEFAULT_METRICS}); "
+                        f"translation: fid,kid,lpips,cycle,lpips_target or 'all' (default: {TRANSLATION_DEFAULT})")
+    p.add_argument("--n", type=int, default=2000,
+                   help="images to generate for a run/export, or source pictures to translate at most "
+                        "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=50, help="images per network batch (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling / subset seed (default: %(default)s)")
@@ -60,39 +70,78 @@ def _is_model(path: Path) -> bool:
     return is_run_dir(path) or (path / CONFIG).is_file()
 
 
+def _recorded(cfg: dict, key: str, what: str) -> Path:
+    """A dataset path recorded in an export's training facts (run exports record where their data was)."""
+    src = ((cfg.get("trained") or {}).get(key) or {}).get("source")
+    if not src:
+        raise ValueError(f"the export does not record its {what}; give it with {'--against' if key == 'dataset' else '--source'}")
+    if not Path(src).exists():
+        raise FileNotFoundError(f"the recorded {what} {src} is gone; give it with "
+                                f"{'--against' if key == 'dataset' else '--source'}")
+    return Path(src)
+
+
 def run_eval(args) -> int:
     from .evaluate import evaluate_generator, evaluate_images, parse_metrics
     from .sources import is_image_folder, load_image_folder, load_real
 
-    target, against = Path(args.target), Path(args.against)
-    for p, what in ((target, "TARGET"), (against, "--against")):
-        if not p.exists():
-            raise FileNotFoundError(f"{what} {p}: no such file or folder")
+    target = Path(args.target)
+    if not target.exists():
+        raise FileNotFoundError(f"TARGET {target}: no such file or folder")
+    is_model = target.is_dir() and _is_model(target)
+    export_cfg = None
+    if is_model:
+        from ..export import read_export_config
+
+        export_cfg = read_export_config(target)
+    translating = bool(export_cfg) and export_cfg.get("kind") == "translate"
+    if args.against:
+        against = Path(args.against)
+    elif export_cfg:
+        against = _recorded(export_cfg, "dataset", "target (real) set")
+    else:
+        raise ValueError("give the real images with --against REAL")
+    if not against.exists():
+        raise FileNotFoundError(f"--against {against}: no such file or folder")
+    if args.source and not translating:
+        raise ValueError("--source is for translation runs and exports (the pictures to translate)")
     if args.n < 2:
         raise ValueError("--n must be at least 2")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    metrics = parse_metrics(args.metrics)
+    if translating:
+        from .translation import parse_translation_metrics
+
+        metrics = parse_translation_metrics(args.metrics or TRANSLATION_DEFAULT)
+    else:
+        metrics = parse_metrics(args.metrics or DEFAULT_METRICS)
     device = _device(args.device)
     details: dict = {}
     info: dict = {"target": str(target), "against": str(against)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if target.is_dir() and _is_model(target):
+        if is_model:
+            from ..data import load_dataset
             from ..export import load_export
 
             engine = load_export(target, device=device)
-            if getattr(engine, "kind", "generate") != "generate":
-                raise ValueError(f"{target}: engine {engine.name!r} translates images; `pokelab eval` samples "
-                                 "unconditional generators. Translate a folder and evaluate the output folder.")
-            from ..data import load_dataset
-
             # the training pipeline's pixels (and content key), so the trainer's cached statistics are reused
             real = load_dataset(against, size=engine.image_size, background=args.background, progress=False)
-            info.update(kind="generator", engine=engine.name, image_size=engine.image_size)
-            res = evaluate_generator(lambda k, s: engine.sample(n=k, seed=s), real, n=args.n, metrics=metrics,
-                                     batch_size=args.batch_size, device=device, seed=args.seed,
-                                     progress=args.progress, details=details)
+            info.update(engine=engine.name, image_size=engine.image_size)
+            if translating:
+                from .translation import evaluate_translation
+
+                source = Path(args.source) if args.source else _recorded(export_cfg, "source_dataset", "source set")
+                pictures = load_dataset(source, size=engine.image_size, background=args.background, progress=False)
+                info.update(kind="translator", source=str(source))
+                res = evaluate_translation(engine, pictures, real, metrics=metrics, n=args.n,
+                                           batch_size=args.batch_size, device=device, seed=args.seed,
+                                           progress=args.progress)
+            else:
+                info.update(kind="generator")
+                res = evaluate_generator(lambda k, s: engine.sample(n=k, seed=s), real, n=args.n, metrics=metrics,
+                                         batch_size=args.batch_size, device=device, seed=args.seed,
+                                         progress=args.progress, details=details)
             fake_names = None
         elif is_image_folder(target):
             fake = load_image_folder(target)
