@@ -103,16 +103,17 @@ class Engine(nn.Module):
             loss.backward()
             opt.step()
 
-    def make_adam(self, params, lr: float | None = None, betas=None) -> torch.optim.Adam:
+    def make_adam(self, params, lr: float | None = None, betas=None, weight_decay: float = 0.0) -> torch.optim.Adam:
         lr = self.config["lr"] if lr is None else lr
         betas = tuple(self.config["betas"] if betas is None else betas)
-        kwargs = {}
+        kwargs = {"weight_decay": float(weight_decay)}
         if torch.cuda.is_available():
             kwargs["fused"] = True  # one kernel per step on GPU; CPU keeps the default foreach path
         try:
             return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
         except (RuntimeError, TypeError):
-            return torch.optim.Adam(params, lr=lr, betas=betas)
+            kwargs.pop("fused", None)
+            return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
     def scale_lr(self, factor: float) -> None:
         """Used by the trainer's NaN guard to retry with a lower learning rate."""

@@ -46,8 +46,8 @@ class TranslationEngine(Engine):
                 "flip": True}        # random horizontal flips of both domains' training batches
 
     # ---- learning-rate schedule ------------------------------------------------------
-    def make_adam(self, params, lr: float | None = None, betas=None) -> torch.optim.Adam:
-        opt = super().make_adam(params, lr, betas)
+    def make_adam(self, params, lr: float | None = None, betas=None, weight_decay: float = 0.0) -> torch.optim.Adam:
+        opt = super().make_adam(params, lr, betas, weight_decay)
         for g in opt.param_groups:  # the schedule's base; saved with the optimiser, so resume keeps it
             g.setdefault("initial_lr", g["lr"])
         return opt
