@@ -252,3 +252,13 @@ def test_trainer_evaluates_translation_and_cli_eval_reads_the_run(tmp_path, caps
     assert out["metrics"]["fid"] == pytest.approx(ev[0]["fid"], rel=1e-6)
     assert cli(["eval", str(run), "--metrics", "ms_ssim"]) == 2
     assert "unknown translation metric" in capsys.readouterr().err
+
+
+def test_resume_redoes_a_recorded_background_removal():
+    from engines.trainer import _removal_options
+
+    assert _removal_options(None) == {}
+    assert _removal_options({"model": "u2net", "model_path": None, "removed": 3}) == \
+        {"remove_background": True, "rembg_model": "u2net"}
+    assert _removal_options({"model": "u2net_custom", "model_path": "/m/tiny.onnx"}) == \
+        {"remove_background": True, "rembg_model_path": "/m/tiny.onnx"}
