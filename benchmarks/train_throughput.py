@@ -68,6 +68,20 @@ def run_trainer(engine: str, size: int, batch: int, steps: int, width: int | Non
     return rec["img_per_s"]
 
 
+def timed_epoch(epoch, dev) -> float:
+    """img/s of the second call of ``epoch() -> images``; the first is warm-up, like the trainer's epoch 1."""
+    import torch
+
+    epoch()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    n = epoch()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
 def run_plain(size: int, batch: int, steps: int, width: int | None, device: str):
     """The same DCGAN nets trained the way a tutorial loop does it."""
     import torch
@@ -105,14 +119,7 @@ def run_plain(size: int, batch: int, steps: int, width: int | None, device: str)
             n += b
         return n
 
-    epoch()  # warm-up, like the trainer's first epoch
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    n = epoch()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    return timed_epoch(epoch, dev)
 
 
 def run_plain_cyclegan(size: int, batch: int, steps: int, width: int | None, device: str):
@@ -155,14 +162,7 @@ def run_plain_cyclegan(size: int, batch: int, steps: int, width: int | None, dev
             n += a.size(0)
         return n
 
-    epoch()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    n = epoch()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    return timed_epoch(epoch, dev)
 
 
 def one(args) -> None:

@@ -1,4 +1,5 @@
 """Shared test helpers (importable as `helpers`: pytest puts tests/ on sys.path)."""
+import torch
 
 
 class Killed(Exception):
@@ -27,3 +28,21 @@ def kill_at_step(engine, n):
         raise Killed()
 
     on_nth_step(engine, n, before=die)
+
+
+def blobs(n=8, size=32, seed=1, square=False, r_spread=0.5):
+    """Coloured discs (or squares) on a tinted background, in [-1, 1]: structured pictures a tiny net
+    learns quickly."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    out = []
+    for _ in range(n):
+        colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
+        cx, cy = (torch.rand(2, generator=g) - 0.5).tolist()
+        r = 0.3 + r_spread * float(torch.rand(1, generator=g))
+        if square:
+            inside = torch.maximum((xx - cx).abs(), (yy - cy).abs()) < r
+        else:
+            inside = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        out.append(torch.where(inside.expand(3, size, size), colour, -0.5 * colour))
+    return torch.stack(out)

@@ -10,7 +10,7 @@ from engines.augment import build_augment
 from engines.export import load_export, save_export
 from engines.generate.aegan import AEGAN, _kl_to_standard_normal
 from engines.registry import get_engine
-from helpers import Killed, kill_at_step
+from helpers import Killed, blobs, kill_at_step
 
 TINY = {"g_width": 8, "e_width": 8, "d_width": 8, "max_channels": 32, "dz_width": 16, "dz_layers": 2}
 REQUIRED = ("loss/D", "loss/G", "acc/D_real", "acc/D_fake")
@@ -19,20 +19,6 @@ CPU = torch.device("cpu")
 
 def make(size=32, training=True, augment=None, **overrides):
     return AEGAN({**TINY, **overrides}, size, training=training).setup(CPU, augment=augment)
-
-
-def blobs(n=8, size=32, seed=1):
-    """Coloured discs on a tinted background: structured images an autoencoder can learn quickly."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    out = []
-    for _ in range(n):
-        colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
-        cx, cy = (torch.rand(2, generator=g) - 0.5).tolist()
-        r = 0.3 + 0.5 * float(torch.rand(1, generator=g))
-        disc = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r).expand(3, size, size)
-        out.append(torch.where(disc, colour, -0.5 * colour))
-    return torch.stack(out)
 
 
 def test_registered_under_its_name():

@@ -14,6 +14,7 @@ from engines.export import load_export, save_export
 from engines.registry import get_engine
 from engines.translate.ugatit import (LIN, UGATIT, AdaLIN, UGATITDiscriminator, UGATITGenerator,
                                       discriminator_depths)
+import helpers
 from helpers import Killed, kill_at_step
 
 TINY = {"ngf": 8, "ndf": 8, "n_res": 1}
@@ -27,20 +28,7 @@ def make(size=32, training=True, **overrides):
 
 
 def blobs(n=4, size=32, seed=1, square=False):
-    """Coloured discs (or squares) on a tinted background: structured pictures a tiny net learns quickly."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    out = []
-    for _ in range(n):
-        colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
-        cx, cy = (torch.rand(2, generator=g) - 0.5).tolist()
-        r = 0.3 + 0.4 * float(torch.rand(1, generator=g))
-        if square:
-            inside = torch.maximum((xx - cx).abs(), (yy - cy).abs()) < r
-        else:
-            inside = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
-        out.append(torch.where(inside.expand(3, size, size), colour, -0.5 * colour))
-    return torch.stack(out)
+    return helpers.blobs(n, size, seed, square=square, r_spread=0.4)
 
 
 def stride2_convs(d: UGATITDiscriminator) -> int:

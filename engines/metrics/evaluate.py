@@ -39,7 +39,10 @@ class EvalOptions:
     is_splits: int = 10
 
 
-def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+def parse_metric_names(metrics: str | Iterable[str], known: tuple[str, ...], all_means: tuple[str, ...] | None = None,
+                       what: str = "metric") -> tuple[str, ...]:
+    """'fid, KID' or ['fid', 'kid'] -> ('fid', 'kid'): validated against ``known``, de-duplicated, in order;
+    'all' expands to ``all_means`` (default: every known metric)."""
     names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
     out: list[str] = []
     for m in names:
@@ -47,15 +50,19 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
         if not m:
             continue
         if m == "all":
-            m_list = [k for k in KNOWN_METRICS if k != "is"]
-        elif m in KNOWN_METRICS:
+            m_list = list(known if all_means is None else all_means)
+        elif m in known:
             m_list = [m]
         else:
-            raise ValueError(f"unknown metric {m!r}; known: {', '.join(KNOWN_METRICS)} (or 'all')")
+            raise ValueError(f"unknown {what} {m!r}; known: {', '.join(known)} (or 'all')")
         out += [k for k in m_list if k not in out]
     if not out:
         raise ValueError("no metrics asked for")
     return tuple(out)
+
+
+def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    return parse_metric_names(metrics, KNOWN_METRICS, tuple(k for k in KNOWN_METRICS if k != "is"))
 
 
 def _batch_seed(seed: int, index: int) -> int:

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .evaluate import EvalOptions, _evaluate
+from .evaluate import EvalOptions, _evaluate, parse_metric_names
 from .inception import as_uint8_rgb, resolve_device
 from .sources import as_image_set, resize_uint8
 
@@ -30,22 +30,7 @@ TRANSLATION_METRICS = ("fid", "kid", "lpips", "cycle", "lpips_target")
 
 
 def parse_translation_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
-    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
-    out: list[str] = []
-    for m in names:
-        m = m.strip().lower().replace("-", "_")
-        if not m:
-            continue
-        wanted = TRANSLATION_METRICS if m == "all" else (m,)
-        for w in wanted:
-            if w not in TRANSLATION_METRICS:
-                raise ValueError(f"unknown translation metric {w!r}; known: {', '.join(TRANSLATION_METRICS)} "
-                                 "(or 'all')")
-            if w not in out:
-                out.append(w)
-    if not out:
-        raise ValueError("no metrics asked for")
-    return tuple(out)
+    return parse_metric_names(metrics, TRANSLATION_METRICS, what="translation metric")
 
 
 def paired_indices(source_files: list[str], target_files: list[str]) -> tuple[np.ndarray, np.ndarray]:
