@@ -5,8 +5,8 @@ folder) or ``python -m studio``. The page code lives in ``streamlit_app.py``; ev
 computed by plain modules that tests and benchmarks import without Streamlit:
 
 - ``studio.paths``        configured roots and the "only read inside the roots" check
-- ``studio.data``         discovering and loading runs (pokelab, stylegan2-ada-pytorch, lightweight-gan),
-                          the runs table and the per-run verdict
+- ``studio.data``         discovering and loading runs (pokelab — generation and translation —,
+                          stylegan2-ada-pytorch, lightweight-gan), the runs table and the per-run verdict
 - ``studio.grids``        sample grids: tiles, SSIM diversity, nearest epoch, timeline GIF
 - ``studio.plots``        plotly figures
 - ``studio.review_stats`` win rates, Bradley-Terry ranking, rater agreement

@@ -9,6 +9,10 @@ Three on-disk formats are read into one ``Run`` record (plain data, picklable, s
 - lightweight-gan result folders (``fid_scores.txt`` with ``step,fid`` lines, numbered grids);
   x axis: training steps.
 
+Translation runs (``run.json`` ``"kind": "translate"``: CycleGAN, CartoonGAN, U-GAT-IT) are pokelab runs
+with two datasets (source A, target B), per-direction losses and a sample grid whose columns are
+input | output | reconstruction (| attention); see ``TRANSLATE_COLUMNS`` and ``TRANSLATION_PAIRS``.
+
 Nothing here raises on a bad run: every problem becomes a line in ``Run.warnings`` (shown on the
 page) and the run is still listed. No torch, no Streamlit.
 """
@@ -21,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,6 +45,60 @@ DRIFT_TOL = 0.15
 SPLIT_TOL = 0.5
 #: lightweight-gan names its grids by ``steps // evaluate_every``; its CLI default is 1000
 LIGHTWEIGHT_EVALUATE_EVERY = 1000
+#: cycle rule (docs/studio.md): a cycle loss whose mean over the last window is above this many times
+#: its lowest window mean is "rising again"
+CYCLE_RISE = 1.5
+#: input-kept rule: outputs are judged to follow their inputs when the grid's permutation test gives p
+#: below this (studio.grids.translation_check) ...
+CORRESPONDENCE_ALPHA = 0.05
+#: ... and only with at least this many rows (with n rows the smallest possible p is 1/n!)
+CORRESPONDENCE_MIN_ROWS = 5
+
+KINDS = ("generate", "translate")
+#: translation engines: a run.json that cannot be read is still recognised from its run id
+TRANSLATE_ENGINES = ("cyclegan", "cartoongan", "ugatit")
+#: the columns of a translation run's sample grid, per engine (one row per input picture)
+TRANSLATE_COLUMNS = {"cyclegan": ("input", "output", "reconstruction"),
+                     "ugatit": ("input", "output", "reconstruction", "attention"),
+                     "cartoongan": ("input", "output")}
+
+
+class Pair(NamedTuple):
+    """One per-direction figure of translation runs: the train series (key, label) of the A→B direction and of
+    the B→A direction, drawn solid and dashed, plus eval series (key, label) drawn in the same figure."""
+    title: str
+    ab: tuple[str, str]
+    ba: tuple[str, str]
+    evals: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def train(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        return self.ab, self.ba
+
+
+#: per-direction losses of translation runs, one figure each, A→B against B→A. As in the engines
+#: (engines/translate): D_B judges G_AB's outputs (domain B) and D_A G_BA's; idt_B = |G_AB(b) - b|,
+#: idt_A = |G_BA(a) - a|; cycle_A = A→B→A starts with G_AB.
+TRANSLATION_PAIRS = (
+    Pair("Discriminators: D_B (A→B) vs D_A (B→A)",
+         ("loss/D_B", "D_B (judges A→B)"), ("loss/D_A", "D_A (judges B→A)")),
+    Pair("Generators (adversarial): A→B vs B→A",
+         ("loss/G_AB", "G_AB (A→B)"), ("loss/G_BA", "G_BA (B→A)")),
+    Pair("Cycle consistency (round-trip L1)",
+         ("loss/cycle_A", "cycle_A (A→B→A)"), ("loss/cycle_B", "cycle_B (B→A→B)"),
+         evals=(("cycle/A", "eval cycle/A (A→B→A)"),)),
+    Pair("Identity (L1): G_AB on B vs G_BA on A",
+         ("loss/idt_B", "idt_B (G_AB on B)"), ("loss/idt_A", "idt_A (G_BA on A)")),
+)
+#: translation eval metrics with a figure each (comparing runs): (key, title)
+TRANSLATION_EVALS = (
+    ("lpips/content", "LPIPS input ↔ output (lower = more of the input kept)"),
+    ("lpips/target", "LPIPS output ↔ true target, paired by file id (lower is better)"),
+)
+#: values that must be numbers in metrics.jsonl: text there is reported (unknown keys are ignored silently)
+_METRIC_PREFIXES = ("loss/", "acc/", "lpips/", "cycle/", "ms_ssim/")
+_METRIC_NAMES = ("fid", "kid", "kid_std", "collapse", "lr", "img_per_s", "epoch_seconds", "augment_p",
+                 "init_phase", "eval_n", "eval_seconds", "paired_n")
 
 TOOLS = ("pokelab", "stylegan2-ada", "lightweight-gan")
 X_UNITS = {"pokelab": "epoch", "stylegan2-ada": "kimg", "lightweight-gan": "step"}
@@ -54,6 +112,7 @@ class GridLayout:
     padding: int = 2
     pad_value: int | None = 255   # None: try white and black
     nrow: int | None = None       # tiles per row when known
+    columns: tuple[str, ...] = ()  # translation grids: what each column shows (input, output, ...)
 
 
 @dataclass
@@ -63,6 +122,7 @@ class Run:
     label: str = ""
     root: Path | None = None
     engine: str = "?"
+    kind: str = "generate"        # "translate" for image-to-image runs (two datasets)
     dataset: str = "?"
     status: str = "unknown"
     done: float | None = None
@@ -82,6 +142,10 @@ class Run:
     @property
     def key(self) -> str:
         return str(self.path)
+
+    @property
+    def translate(self) -> bool:
+        return self.kind == "translate"
 
     def column(self, frame: str, name: str) -> pd.Series | None:
         """A numeric column of ``train`` or ``evals`` without NaNs, indexed by x (None if absent)."""
@@ -231,9 +295,16 @@ def _frame(records: list[dict[str, Any]], xkey: str, run: Run, what: str) -> pd.
     for c, dt in list(df.dtypes.items()):
         if dt == object:
             conv = pd.to_numeric(df[c], errors="coerce")
+            # values that are neither numbers nor null (text, lists) where a metric is expected
+            bad = int((conv.isna() & df[c].notna()).sum())
             # keep text columns (event names, messages); convert columns that are numbers with gaps
             if conv.notna().sum() and conv.notna().sum() >= df[c].map(_is_numberish).sum():
                 df[c] = conv
+                if bad:
+                    run.warnings.append(f"{what}: {bad} non-numeric value(s) of '{c}' ignored")
+            elif bad and _is_metric_name(c):
+                run.warnings.append(f"{what}: '{c}' holds no numbers ({bad} value(s) such as "
+                                    f"{_short_repr(df[c].dropna().iloc[0])}); ignored")
     num = [c for c, dt in df.dtypes.items() if dt.kind in "fiub"]
     if num:
         arr = df[num].to_numpy(dtype=float)
@@ -249,6 +320,15 @@ def _frame(records: list[dict[str, Any]], xkey: str, run: Run, what: str) -> pd.
 
 def _is_numberish(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
+
+
+def _is_metric_name(c: Any) -> bool:
+    return isinstance(c, str) and (c.startswith(_METRIC_PREFIXES) or c in _METRIC_NAMES)
+
+
+def _short_repr(v: Any, n: int = 30) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 1] + "…"
 
 
 def _read_json(p: Path, run: Run) -> dict[str, Any]:
@@ -282,6 +362,31 @@ def _dataset_name(ds: Any) -> str:
     return "?"
 
 
+def _translation_dataset(ds: Any, run: Run) -> str:
+    """"A → B" from a translation run's two dataset infos; anything else is labelled as far as it goes
+    and reported (a missing domain shows as "?")."""
+    if not isinstance(ds, list):
+        run.warnings.append(f"run.json: a translation run lists two datasets (source A, target B); found "
+                            f"{'nothing' if ds is None else type(ds).__name__}")
+        return _dataset_name(ds) if ds is not None else "? → ?"
+    named = [d for d in ds if isinstance(d, dict) and (d.get("name") or d.get("key"))]
+    if len(ds) != 2 or len(named) != 2:
+        run.warnings.append(f"run.json: a translation run lists two datasets (source A, target B) with a name "
+                            f"each; found {len(ds)} entr{'y' if len(ds) == 1 else 'ies'}, {len(named)} named")
+    two = (list(ds) + [None, None])[:2] if len(ds) < 2 else ds
+    return " → ".join(_dataset_name(d) for d in two)
+
+
+def _run_kind(info: dict[str, Any], engine: str, run: Run) -> str:
+    kind = info.get("kind")
+    if kind in KINDS:
+        return kind
+    if kind is not None:
+        run.warnings.append(f"run.json: unknown kind {kind!r}")
+    # older or unreadable run.json: the engine (or a two-dataset list) still says what the run is
+    return "translate" if engine in TRANSLATE_ENGINES or isinstance(info.get("dataset"), list) else "generate"
+
+
 def _load_pokelab(run: Run) -> None:
     path = run.path
     try:
@@ -295,7 +400,11 @@ def _load_pokelab(run: Run) -> None:
     run.info = info
     cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     run.engine = str(info.get("engine") or _engine_from_id(path.name) or "?")
-    run.dataset = _dataset_name(info.get("dataset"))
+    run.kind = _run_kind(info, run.engine, run)
+    if run.translate and info:
+        run.dataset = _translation_dataset(info.get("dataset"), run)
+    else:
+        run.dataset = _dataset_name(info.get("dataset"))
     status = info.get("status")
     run.status = status if status in R.STATUSES else ("broken" if not info else "unknown")
     if info and status not in R.STATUSES:
@@ -304,6 +413,12 @@ def _load_pokelab(run: Run) -> None:
     run.wall_seconds = _num(info.get("wall_seconds"))
     tile = cfg.get("image_size")
     run.layout = GridLayout(tile=int(tile) if isinstance(tile, int) and tile > 0 else None, padding=2, pad_value=255)
+    if run.translate:
+        cols = TRANSLATE_COLUMNS.get(run.engine, ())
+        run.layout.columns, run.layout.nrow = cols, (len(cols) or None)
+        if not cols:
+            run.notes.append(f"translation engine {run.engine!r} is not known to the studio: its grid columns (and "
+                             "so the output column) are unknown")
 
     try:
         m = R.read_metrics(path)
@@ -321,6 +436,11 @@ def _load_pokelab(run: Run) -> None:
     run.evals = _frame(m.eval, "epoch", run, "metrics.jsonl (eval)")
     run.events = [{"x": _num(e.get("epoch")), "event": str(e.get("event") or e.get("kind") or "?"),
                    "message": str(e.get("message", ""))} for e in m.events]
+    end = init_phase_end(run)
+    if end is not None:
+        run.events.append({"x": end, "event": "init_done",
+                           "message": "initialisation (reconstruction only) over; adversarial training from here "
+                                      "(derived from init_phase)"})
     done = _num(info.get("epoch"))
     if done is None and len(run.train):
         done = float(run.train["x"].max())
@@ -329,6 +449,10 @@ def _load_pokelab(run: Run) -> None:
 
 
 def _engine_from_id(run_id: str) -> str | None:
+    rest = run_id[16:] if re.match(r"^\d{8}-\d{6}-", run_id) else ""
+    for e in TRANSLATE_ENGINES:  # translation ids name two datasets: <engine>-<source>-to-<target>
+        if rest.startswith(e + "-"):
+            return e
     m = re.match(r"^\d{8}-\d{6}-([^-]+(?:-[^-]+)?)-", run_id)
     return m.group(1) if m else None
 
@@ -562,7 +686,8 @@ def summarize(run: Run) -> dict[str, Any]:
     if status == "running" and any(_STALE_MARK in w for w in run.warnings):
         status = "running?"
     return {
-        "run": run.label, "tool": run.tool, "engine": run.engine, "dataset": run.dataset, "status": status,
+        "run": run.label, "tool": run.tool, "engine": run.engine, "kind": run.kind, "dataset": run.dataset,
+        "status": status,
         "done": run.done, "planned": run.planned, "unit": run.x_unit,
         "progress": f"{fmt_x(run.done) or '–'} / {fmt_x(run.planned) or '?'} {run.x_unit}",
         "best FID": bf, "best FID at": bx, "last KID": kid, "last KID std": kid_std,
@@ -572,7 +697,7 @@ def summarize(run: Run) -> dict[str, Any]:
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
-    cols = ["run", "tool", "engine", "dataset", "status", "done", "planned", "unit", "progress", "best FID",
+    cols = ["run", "tool", "engine", "kind", "dataset", "status", "done", "planned", "unit", "progress", "best FID",
             "best FID at", "last KID", "last KID std", "img/s", "wall time", "samples", "warnings", "path"]
     return pd.DataFrame([summarize(r) for r in runs], columns=cols)
 
@@ -600,8 +725,7 @@ def d_balance(run: Run, frac: float = 0.1, min_points: int = 5, max_points: int 
     df = tr[["x", "acc/D_real", "acc/D_fake"]].apply(pd.to_numeric, errors="coerce").dropna()
     if not len(df):
         return None
-    k = int(min(max_points, max(min_points, round(frac * len(df)))))
-    w = df.iloc[-k:]
+    w = df.iloc[-_window(len(df), frac, min_points, max_points):]
     real, fake = float(w["acc/D_real"].mean()), float(w["acc/D_fake"].mean())
     overall = (real + fake) / 2
     if overall > 0.5 + DRIFT_TOL:
@@ -616,8 +740,140 @@ def d_balance(run: Run, frac: float = 0.1, min_points: int = 5, max_points: int 
             "from": float(w["x"].iloc[0]), "to": float(w["x"].iloc[-1]), "state": state}
 
 
-def verdict(run: Run) -> list[dict[str, str]]:
-    """Short judgement lines: FID, collapse, D balance. Each: {topic, level (ok|warn|info), text}."""
+def init_phase_end(run: Run) -> float | None:
+    """CartoonGAN: the first epoch after the reconstruction-only initialisation (``init_phase`` 1 -> 0)."""
+    s = run.column("train", "init_phase")
+    if s is None or not (s > 0.5).any():
+        return None
+    after = s.index[(s <= 0.5) & (s.index > s.index[s > 0.5].max())]
+    return float(after[0]) if len(after) else None
+
+
+def translation_series(run: Run) -> dict[str, dict[str, pd.Series]]:
+    """The per-direction losses a translation run logged, by figure: {title: {label: series}}."""
+    out: dict[str, dict[str, pd.Series]] = {}
+    for pair in TRANSLATION_PAIRS:
+        got = {label: s for key, label in pair.train if (s := run.column("train", key)) is not None}
+        got.update({label: s for key, label in pair.evals if (s := run.column("evals", key)) is not None})
+        if got:
+            out[pair.title] = got
+    return out
+
+
+def translation_pairs(runs: Iterable[Run]) -> list[Pair]:
+    """The rows of TRANSLATION_PAIRS of which any of the runs logged a train series (either side)."""
+    runs = list(runs)
+    return [p for p in TRANSLATION_PAIRS if any(r.column("train", key) is not None for r in runs for key, _ in p.train)]
+
+
+def pair_keys() -> set[str]:
+    """The train keys drawn in the per-direction figures."""
+    return {key for p in TRANSLATION_PAIRS for key, _ in p.train}
+
+
+def _window(n: int, frac: float = 0.1, min_points: int = 5, max_points: int = 50) -> int:
+    """Points in a judging window: ``frac`` of the logged points, at least ``min_points``, at most ``max_points``."""
+    return int(min(max_points, max(min_points, round(frac * n))))
+
+
+def cycle_trend(run: Run, key: str) -> dict[str, Any] | None:
+    """A cycle loss over training: the mean of the first and of the last window (as ``d_balance``), the lowest
+    window mean (rolling), and a state: "falling", "not falling" (last window >= first window) or "rising
+    again" (last window > CYCLE_RISE x the lowest). CartoonGAN's initialisation epochs are left out.
+    None when not logged; state "too short" with fewer than two windows of points."""
+    s = run.column("train", key)
+    if s is None:
+        return None
+    end = init_phase_end(run)
+    if end is not None:
+        s = s[s.index >= end]
+    k = _window(len(s))
+    if len(s) < 2 * k:
+        return {"key": key, "points": len(s), "state": "too short"}
+    v = s.to_numpy()
+    early, late = float(v[:k].mean()), float(v[-k:].mean())
+    roll = np.convolve(v, np.ones(k) / k, mode="valid")
+    i = int(np.argmin(roll))
+    state = "not falling" if late >= early else ("rising again" if late > CYCLE_RISE * roll[i] else "falling")
+    return {"key": key, "points": len(s), "k": k, "early": early, "late": late, "best": float(roll[i]),
+            "best_from": float(s.index[i]), "best_to": float(s.index[i + k - 1]),
+            "from": float(s.index[0]), "to": float(s.index[-1]), "state": state}
+
+
+def _cycle_verdict(run: Run) -> dict[str, str] | None:
+    trends = [t for key in ("loss/cycle_A", "loss/cycle_B") if (t := cycle_trend(run, key)) is not None]
+    if not trends:
+        return None
+    u = run.x_unit
+    parts, warn = [], False
+    for t in trends:
+        name = t["key"][5:]
+        if t["state"] == "too short":
+            parts.append(f"{name}: too few {u}s to judge ({t['points']})")
+            continue
+        head = f"{name} {t['early']:.3g} → {t['late']:.3g} (mean of the first / last {t['k']} {u}s)"
+        if t["state"] == "not falling":
+            warn = True
+            parts.append(f"{head}: not falling — the generators do not learn to reconstruct their input")
+        elif t["state"] == "rising again":
+            warn = True
+            parts.append(f"{head}: rising again, {t['late'] / t['best']:.1f}× its lowest ({t['best']:.3g} over "
+                         f"{u} {fmt_x(t['best_from'])}–{fmt_x(t['best_to'])}) — reconstruction is being traded "
+                         f"for the adversarial loss")
+        else:
+            parts.append(f"{head}: falling")
+    ev, ex = last_value(run, "evals", "cycle/A")
+    if ev is not None:
+        parts.append(f"eval cycle/A {ev:.3g} at {u} {fmt_x(ex)}")
+    return {"topic": "cycle", "level": "warn" if warn else "ok" if any(t["state"] != "too short" for t in trends)
+            else "info", "text": "; ".join(parts)}
+
+
+def _input_kept_verdict(run: Run, grid_check: dict[str, Any] | None) -> dict[str, str]:
+    """From the latest grid's permutation test (studio.grids.translation_check): do the outputs look more like
+    their own inputs than like the other inputs of the grid?"""
+    topic = "input kept"
+    if grid_check is None:
+        return {"topic": topic, "level": "info", "text": "not checked (no sample grid)"}
+    if grid_check.get("error"):
+        return {"topic": topic, "level": "info", "text": f"not checked: {grid_check['error']}"}
+    n, p = int(grid_check["rows"]), float(grid_check["p"])
+    at = f" ({run.x_unit} {fmt_x(grid_check['x'])} grid)" if grid_check.get("x") is not None else ""
+    sims = (f"SSIM output↔own input {grid_check['matched']:.3f}, ↔ other inputs {grid_check['mismatched']:.3f}, "
+            f"permutation test p = {p:.2g} over {n} rows")
+    if n < CORRESPONDENCE_MIN_ROWS:
+        return {"topic": topic, "level": "info", "text": f"too few rows in the grid to test ({n}){at}"}
+    if p < CORRESPONDENCE_ALPHA:
+        return {"topic": topic, "level": "ok", "text": f"outputs follow their inputs{at}: {sims}"}
+    return {"topic": topic, "level": "warn",
+            "text": f"outputs look no more like their own inputs than like the other inputs{at} ({sims}): the "
+                    f"translator may ignore its input (mode collapse in translation)"}
+
+
+def _lpips_verdict(run: Run) -> dict[str, str] | None:
+    """LPIPS input↔output and output↔target as numbers (info only: their level depends on the image size and
+    the two domains, so no threshold is applied — docs/studio.md)."""
+    c, cx = last_value(run, "evals", "lpips/content")
+    t, tx = last_value(run, "evals", "lpips/target")
+    if c is None and t is None:
+        return None
+    u, parts = run.x_unit, []
+    if c is not None:
+        first = run.column("evals", "lpips/content")
+        parts.append(f"input↔output {c:.3f} at {u} {fmt_x(cx)}" +
+                     (f" (first {first.iloc[0]:.3f} at {u} {fmt_x(first.index[0])})" if len(first) > 1 else "") +
+                     "; lower = more of the input kept")
+    if t is not None:
+        n, _ = last_value(run, "evals", "paired_n")
+        parts.append(f"output↔true target {t:.3f}" + (f" over {n:.0f} pairs" if n is not None else "") +
+                     "; lower is better")
+    return {"topic": "LPIPS", "level": "info", "text": "; ".join(parts)}
+
+
+def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Short judgement lines: FID, collapse, D balance; for translation runs the collapse line is replaced by
+    "input kept" (``grid_check``: ``studio.grids.translation_check`` of the latest grid, with its ``x``, or
+    {"error": why}) and cycle and LPIPS lines are added. Each: {topic, level (ok|warn|info), text}."""
     u = run.x_unit
     out: list[dict[str, str]] = []
     bf, bx = best_fid(run)
@@ -635,7 +891,9 @@ def verdict(run: Run) -> list[dict[str, str]]:
                         "text": f"best FID {bf:.2f} at {u} {fmt_x(bx)}; last {last:.2f} at {u} {fmt_x(lx)} "
                                 f"({rise:+.0f}% from the best)"})
     pts, src = collapse_points(run)
-    if not src:
+    if run.translate and not src:
+        out.append(_input_kept_verdict(run, grid_check))
+    elif not src:
         out.append({"topic": "collapse", "level": "info", "text": "no diversity metric logged (MS-SSIM)"})
     elif not pts:
         out.append({"topic": "collapse", "level": "ok", "text": "no mode collapse flagged"})
@@ -659,6 +917,8 @@ def verdict(run: Run) -> list[dict[str, str]]:
             "D one-sided": f"D calls almost everything {'real' if b['real'] > b['fake'] else 'fake'} {span} ({nums})",
         }[b["state"]]
         out.append({"topic": "D balance", "level": "ok" if b["state"] == "balanced" else "warn", "text": text})
+    if run.translate:
+        out += [v for v in (_cycle_verdict(run), _lpips_verdict(run)) if v is not None]
     return out
 
 

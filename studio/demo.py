@@ -1,10 +1,13 @@
 """Realistic synthetic runs for trying the studio, its screenshots and its load benchmark.
 
-``python -m studio.demo DEST [--images DIR]`` writes a handful of runs in every format the studio reads:
-pokelab runs (finished, running with a half-written last line, failed, one that collapses, a broken
-one), a stylegan2-ada-pytorch folder and a lightweight-gan folder. Metric curves are synthetic
-(decreasing FID with noise, ...); sample grids are made of real images when ``--images`` points at a
-folder (e.g. the Pokémon Dream World art), blurred and noised less and less as "training" goes on.
+``python -m studio.demo DEST [--images DIR] [--source-images DIR]`` writes a handful of runs in every
+format the studio reads: pokelab runs (finished, running with a half-written last line, failed, one that
+collapses, a broken one, a CycleGAN translation run), a stylegan2-ada-pytorch folder and a
+lightweight-gan folder. Metric curves are synthetic (decreasing FID with noise, ...); sample grids are
+made of real images when ``--images`` points at a folder (e.g. the Pokémon Dream World art), blurred and
+noised less and less as "training" goes on. The translation run translates ``--source-images`` (e.g. the
+Black/White sprites; files paired with the art by name) into the ``--images`` style; without it its
+inputs are pixelated copies of the art.
 
 Nothing here trains anything: it only writes files in the run format.
 """
@@ -24,19 +27,30 @@ from PIL import Image, ImageFilter
 
 from engines.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sample_path
 
+from .data import TRANSLATE_COLUMNS
+
 
 # ---- images --------------------------------------------------------------------------------------
-def _load_art(images_dir: str | Path | None, tile: int, n: int, rng: random.Random) -> list[np.ndarray]:
-    """n RGB tiles: real images flattened on white when a folder is given, else coloured blobs."""
+def _flatten(path: Path, tile: int) -> np.ndarray:
+    """An image flattened on white, resized to tile x tile."""
+    with Image.open(path) as im:
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        bg.alpha_composite(im)
+        return np.asarray(bg.convert("RGB").resize((tile, tile), Image.LANCZOS))
+
+
+def _load_art(images_dir: str | Path | None, tile: int, n: int, rng: random.Random,
+              names: list[str] | None = None) -> list[np.ndarray]:
+    """n RGB tiles: real images flattened on white when a folder is given, else coloured blobs. ``names``
+    (a list to fill) receives the file names picked."""
     out: list[np.ndarray] = []
     files = sorted(Path(images_dir).glob("*.png")) if images_dir else []
     if files:
         for f in rng.sample(files, min(n, len(files))):
-            with Image.open(f) as im:
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                bg.alpha_composite(im)
-                out.append(np.asarray(bg.convert("RGB").resize((tile, tile), Image.LANCZOS)))
+            out.append(_flatten(f, tile))
+            if names is not None:
+                names.append(f.name)
     while len(out) < n:  # no folder: simple shapes, so the grids still look like something
         a = np.full((tile, tile, 3), 255, np.uint8)
         yy, xx = np.mgrid[:tile, :tile]
@@ -70,6 +84,12 @@ def make_grid(tiles: list[np.ndarray], nrow: int | None = None, padding: int = 2
         y, x = padding + r * (h + padding), padding + c * (w + padding)
         grid[y:y + h, x:x + w] = t[:, :, :3]
     return grid
+
+
+def _pixelate(tile_img: np.ndarray, cells: int = 24, colours: int = 16) -> np.ndarray:
+    """A sprite-like stand-in for a translation input: few pixels, few colours."""
+    im = Image.fromarray(tile_img).resize((cells, cells), Image.BOX).quantize(colours).convert("RGB")
+    return np.asarray(im.resize(tile_img.shape[1::-1], Image.NEAREST))
 
 
 def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -165,6 +185,96 @@ def write_pokelab_run(dest: Path, run_id: str, engine: str, epochs_planned: int,
             atomic_write_bytes(sample_path(d, e), _png(make_grid(tiles)))
     atomic_write_text(d / "log.txt", f"run {run_id}: engine {engine}\n" +
                       "".join(f"epoch {r['epoch']}: loss/D={r['loss/D']:.4g}\n" for r in lines[-5:]))
+    return d
+
+
+def _translation_lines(epochs_planned: int, epochs_done: int, eval_every: int, rng: np.random.Generator, t0: float,
+                       steps_per_epoch: int, eval_n: int) -> list[dict]:
+    """CycleGAN-like curves (least-squares GAN, lambda_cycle 10, lambda_idt 0.5): cycle and identity L1 fall fast
+    and then slowly; adversarial parts hover; lr constant for the first half, then linearly down to 0."""
+    half = epochs_planned / 2
+    lines = []
+    for e in range(1, epochs_done + 1):
+        f = e / epochs_planned
+
+        def fall(base, drop, start, k=5.0):
+            return float(base + drop * (1 - f) + start * math.exp(-e / k) + rng.normal(0, 0.004))
+
+        cyc_a, cyc_b = fall(0.055, 0.04, 0.45), fall(0.065, 0.05, 0.5)
+        idt_a, idt_b = fall(0.03, 0.025, 0.3), fall(0.035, 0.03, 0.32)
+        d_a, d_b = (float(0.24 - 0.05 * f + rng.normal(0, 0.015)) for _ in range(2))
+        g_ab, g_ba = (float(0.32 + 0.15 * f + rng.normal(0, 0.03)) for _ in range(2))
+        acc = 0.53 + 0.07 * min(1.0, 2 * f)
+        lines.append({
+            "kind": "train", "epoch": e, "step": e * steps_per_epoch, "time": round(t0 + e * 30.0, 3),
+            "loss/G": g_ab + g_ba + 10 * (cyc_a + cyc_b) + 5 * (idt_a + idt_b), "loss/D": (d_a + d_b) / 2,
+            "loss/D_A": d_a, "loss/D_B": d_b, "loss/G_AB": g_ab, "loss/G_BA": g_ba,
+            "loss/cycle_A": cyc_a, "loss/cycle_B": cyc_b, "loss/idt_A": idt_a, "loss/idt_B": idt_b,
+            "acc/D_real": float(np.clip(acc + rng.normal(0, 0.03), 0, 1)),
+            "acc/D_fake": float(np.clip(acc - 0.04 + rng.normal(0, 0.03), 0, 1)),
+            "lr": 2e-4 if e <= half else 2e-4 * (epochs_planned - e) / half,
+            "img_per_s": float(48 * (1 + rng.normal(0, 0.02))), "epoch_seconds": 27.0})
+    ev = np.arange(eval_every, epochs_done + 1, eval_every, dtype=float)
+    fids = fid_curve(ev, 240.0, 92.0, epochs_planned / 6, rng)
+    for e, fv in zip(ev, fids):
+        cyc = next(r["loss/cycle_A"] for r in lines if r["epoch"] == int(e))
+        lines.append({
+            "kind": "eval", "epoch": int(e), "step": int(e) * steps_per_epoch, "time": round(t0 + e * 30.0 + 3, 3),
+            "fid": float(fv), "kid": float(max(0.002, fv / 1100 * (1 + rng.normal(0, 0.05)))),
+            "kid_std": float(fv / 14000 + 0.001),
+            # near-identity early (cycle and identity losses win first), moving away as the style changes
+            "lpips/content": float(0.33 - 0.16 * math.exp(-e / 40) + rng.normal(0, 0.006)),
+            "lpips/target": float(0.40 + 0.13 * math.exp(-e / 50) + rng.normal(0, 0.006)), "paired_n": eval_n,
+            "cycle/A": float(cyc * 1.15 + rng.normal(0, 0.002)), "eval_n": eval_n, "eval_seconds": 34.0})
+    return sorted(lines, key=lambda r: (r["epoch"], r["kind"] != "train"))
+
+
+def write_translation_run(dest: Path, run_id: str = "20250306-100000-cyclegan-sprites2art", engine: str = "cyclegan",
+                          epochs_planned: int = 200, epochs_done: int = 200, status: str = "finished", *,
+                          seed: int = 6, pairs: list[tuple[np.ndarray, np.ndarray]] | None = None, tile: int = 64,
+                          sample_every: int = 5, eval_every: int = 10,
+                          names: tuple[str, str] = ("bw-sprites-96", "dreamworld-256"), count: int = 649) -> Path:
+    """A translation run (``kind: translate``) as docs/run-format.md describes it: two datasets, per-direction
+    losses, LPIPS/cycle evaluations and grids with one row per input: input | output | reconstruction
+    (| attention for U-GAT-IT; CartoonGAN has input | output). ``pairs``: (input, target) tiles."""
+    rng = np.random.default_rng(seed)
+    d = dest / run_id
+    (d / "samples").mkdir(parents=True, exist_ok=True)
+    t0 = time.time() - epochs_done * 30.0
+    steps = count  # batch size 1
+    info = {
+        "run_id": run_id, "engine": engine, "kind": "translate", "status": status,
+        "config": {"image_size": tile, "batch_size": 1, "epochs": epochs_planned, "seed": seed,
+                   "sample_every": sample_every, "eval_every": eval_every, "eval_n": count,
+                   "engine": {"lr": 2e-4, "betas": [0.5, 0.999], "lambda_cycle": 10.0, "lambda_idt": 0.5,
+                              "gan_loss": "lsgan", "pool_size": 50}},
+        "dataset": [{"name": names[0], "key": "demoA0123456789a", "count": count, "size": tile, "source": names[0]},
+                    {"name": names[1], "key": "demoB0123456789b", "count": count, "size": tile, "source": names[1]}],
+        "device": "cuda:0 (NVIDIA H100 80GB HBM3)", "amp": "bfloat16",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "epoch": epochs_done, "step": epochs_done * steps, "wall_seconds": round(epochs_done * 30.0, 2),
+        "format_version": 1,
+    }
+    atomic_write_json(d / "run.json", info)
+    lines = _translation_lines(epochs_planned, epochs_done, eval_every, rng, t0, steps, count)
+    atomic_write_text(d / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+    if pairs:
+        columns = TRANSLATE_COLUMNS[engine]
+        for e in range(sample_every, epochs_done + 1, sample_every):
+            f = e / epochs_planned
+            local = np.random.default_rng(seed * 1000 + e)
+            tiles = []
+            for inp, target in pairs[:8]:
+                w = min(1.0, 0.15 + 1.2 * f)  # from a noisy copy of the input towards the target's style
+                out = ((1 - w) * inp + w * _progress(target, min(1.0, 0.2 + f), local)).astype(np.uint8)
+                row = {"input": inp, "output": out, "reconstruction": _progress(inp, min(1.0, 0.35 + f), local),
+                       "attention": np.repeat((255 * (out.mean(axis=2, keepdims=True) < 250)).astype(np.uint8), 3, 2)}
+                tiles += [row[c] for c in columns]
+            atomic_write_bytes(sample_path(d, e), _png(make_grid(tiles, nrow=len(columns))))
+    atomic_write_text(d / "log.txt", f"run {run_id}: engine {engine} ({names[0]} → {names[1]})\n" +
+                      "".join(f"epoch {r['epoch']}: loss/G={r['loss/G']:.4g} cycle_A={r['loss/cycle_A']:.4g}\n"
+                              for r in lines if r["kind"] == "train")[-400:])
     return d
 
 
@@ -279,12 +389,25 @@ def write_demo_reviews(db_path: str | Path, seed: int = 0, n: int = 240) -> Path
     return Path(db_path)
 
 
-def write_demo(dest: str | Path, images_dir: str | Path | None = None, tile: int = 64, seed: int = 0) -> list[Path]:
-    """The demo set: 5 pokelab runs (one broken), a stylegan2-ada folder, a lightweight-gan folder, and a
-    review database ``reviews.db``."""
+def _translation_pairs(art: list[np.ndarray], names: list[str], source_dir: str | Path | None,
+                       tile: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input, target) tiles: the source image of the same file name when there is one, else the art pixelated."""
+    out = []
+    for k, target in enumerate(art):
+        src = Path(source_dir) / names[k] if source_dir and k < len(names) else None
+        out.append((_flatten(src, tile) if src is not None and src.is_file() else _pixelate(target), target))
+    return out
+
+
+def write_demo(dest: str | Path, images_dir: str | Path | None = None, tile: int = 64, seed: int = 0,
+               source_dir: str | Path | None = None) -> list[Path]:
+    """The demo set: 6 pokelab runs (one broken, one CycleGAN translation from ``source_dir`` — or pixelated
+    art — to the art of ``images_dir``), a stylegan2-ada folder, a lightweight-gan folder, and a review
+    database ``reviews.db``."""
     dest = Path(dest)
     rng = random.Random(seed)
-    art = _load_art(images_dir, tile, 16, rng)
+    names: list[str] = []
+    art = _load_art(images_dir, tile, 16, rng, names)
     small = [np.asarray(Image.fromarray(a).resize((32, 32), Image.LANCZOS)) for a in art]
     runs_dir = dest / "runs"
     out = [
@@ -301,6 +424,9 @@ def write_demo(dest: str | Path, images_dir: str | Path | None = None, tile: int
                           art=art, tile=tile, fid=(290.0, 90.0, 35.0),
                           events=[{"epoch": 37, "event": "error", "message": "CUDA out of memory"}]),
         write_broken_run(runs_dir),
+        write_translation_run(runs_dir, pairs=_translation_pairs(art, names, source_dir, tile), tile=tile,
+                              names=(Path(source_dir).name if source_dir else "pixelated",
+                                     Path(images_dir).name if images_dir else "shapes")),
         write_stylegan_run(dest / "stylegan2-ada", art=art, tile=tile),
         write_lightweight_run(dest / "lightweight-gan", art=small, tile=32),
     ]
@@ -323,9 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write demo runs for the pokelab studio.")
     ap.add_argument("dest", help="folder to write into (created)")
     ap.add_argument("--images", help="folder of PNG images to build the sample grids from")
+    ap.add_argument("--source-images", help="folder of PNG images the demo translation run translates from "
+                                            "(paired with --images by file name; default: pixelated --images)")
     ap.add_argument("--tile", type=int, default=64, help="tile size of the sample grids (px)")
     args = ap.parse_args(argv)
-    paths = write_demo(args.dest, args.images, tile=args.tile)
+    paths = write_demo(args.dest, args.images, tile=args.tile, source_dir=args.source_images)
     print(f"wrote {len(paths)} runs under {args.dest}; open them with:\n"
           f"  streamlit run studio -- --runs {args.dest} --review-db {Path(args.dest) / 'reviews.db'}")
     return 0

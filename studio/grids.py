@@ -4,10 +4,15 @@ Diversity from a grid is the mean pairwise **single-scale** SSIM among its tiles
 an approximation of the MS-SSIM the trainer logs (docs/studio.md). Same window as the trainer's
 metric (11-tap Gaussian, sigma 1.5, "valid" filtering, K = (0.01, 0.03), data range 255), SSIM
 averaged over the RGB channels.
+
+Translation grids (one row per input; columns input | output | reconstruction | ...) are cut by column:
+diversity is measured on the output column only, and ``translation_check`` tests whether each output
+looks more like its own input than like the other inputs (a permutation test on SSIM).
 """
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable
@@ -112,6 +117,28 @@ def split_grid(arr: np.ndarray, layout: GridLayout | None = None) -> np.ndarray:
     return np.stack(tiles)
 
 
+def split_columns(arr: np.ndarray, layout: GridLayout) -> dict[str, np.ndarray]:
+    """A translation grid -> {column name: (rows, th, tw, 3) tiles}, every slot kept (a plain output tile is
+    still an output). The grid must have exactly ``len(layout.columns)`` columns."""
+    if not layout.columns:
+        raise GridError("the grid's columns are unknown (not a translation grid, or an engine the studio does "
+                        "not know)")
+    arr = np.asarray(arr)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise GridError(f"expected an RGB image, got an array of shape {arr.shape}")
+    arr = arr[:, :, :3]
+    th, tw, rows, cols = detect_layout(arr, layout)
+    if cols != len(layout.columns):
+        raise GridError(f"the grid has {cols} columns of {tw} px tiles; expected {len(layout.columns)} "
+                        f"({' | '.join(layout.columns)})")
+    pad = layout.padding
+    out = {}
+    for c, name in enumerate(layout.columns):
+        x = pad + c * (tw + pad)
+        out[name] = np.stack([arr[pad + r * (th + pad):pad + r * (th + pad) + th, x:x + tw] for r in range(rows)])
+    return out
+
+
 # ---- SSIM --------------------------------------------------------------------------------------
 def _gauss() -> np.ndarray:
     c = np.arange(WIN, dtype=np.float64) - WIN // 2
@@ -172,21 +199,88 @@ def mean_pairwise_ssim(tiles: np.ndarray, max_pairs: int = 300, seed: int = 0, c
     i, j = pair_indices(len(tiles), max_pairs, seed)
     g = _gauss()
     x = tiles.astype(np.float32)
-    mu, var = _tile_stats(x, g)
+    stats = _tile_stats(x, g)
+    return float(_indexed_ssim(x, stats, x, stats, i, j, g, chunk).mean())
+
+
+def _indexed_ssim(xa, stats_a, xb, stats_b, i: np.ndarray, j: np.ndarray, g: np.ndarray, chunk: int) -> np.ndarray:
+    """SSIM of xa[i[k]] against xb[j[k]] for every k: per-tile means and variances are blurred once (given),
+    only the cross term is blurred per pair, ``chunk`` pairs at a time."""
+    (mu_a, var_a), (mu_b, var_b) = stats_a, stats_b
     vals = []
     for s in range(0, len(i), chunk):
         a, b = i[s:s + chunk], j[s:s + chunk]
-        vals.append(_ssim_from_stats(mu[a], var[a], mu[b], var[b], _blur(x[a] * x[b], g)))
-    return float(np.concatenate(vals).mean())
+        vals.append(_ssim_from_stats(mu_a[a], var_a[a], mu_b[b], var_b[b], _blur(xa[a] * xb[b], g)))
+    return np.concatenate(vals)
+
+
+def ssim_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """SSIM of every a[i] against every b[j] (two (N, H, W, C) stacks of one tile size) -> (len(a), len(b))."""
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError("the two tile stacks must have the same tile shape")
+    if min(a.shape[1:3]) < WIN:
+        raise GridError(f"tiles must be at least {WIN} px for SSIM; these are {a.shape[2]}x{a.shape[1]}")
+    g = _gauss()
+    xa, xb = a.astype(np.float32), b.astype(np.float32)
+    i, j = (m.ravel() for m in np.meshgrid(np.arange(len(a)), np.arange(len(b)), indexing="ij"))
+    return _indexed_ssim(xa, _tile_stats(xa, g), xb, _tile_stats(xb, g), i, j, g, chunk).reshape(len(a), len(b))
+
+
+def permutation_pvalue(sim: np.ndarray, max_exact: int = 8, draws: int = 20000, seed: int = 0) -> float:
+    """One-sided permutation test that row i goes with column i: the share of pairings (permutations of the
+    columns) whose summed similarity is at least the diagonal's. Exact over all n! pairings for n <= max_exact
+    (the identity is one of them, so p >= 1/n!), else ``draws`` random ones ((1 + hits) / (1 + draws))."""
+    n = sim.shape[0]
+    if sim.shape != (n, n) or n < 2:
+        raise ValueError(f"need a square similarity matrix of at least 2x2, got {sim.shape}")
+    sim = np.asarray(sim, dtype=np.float64)
+    stat = float(np.trace(sim))
+    # ties count as "at least": SSIM is computed in float32, so identical outputs can differ in the last bits
+    tol = 1e-5 * n
+    rows = np.arange(n)
+    if n <= max_exact:
+        perms = np.array(list(itertools.permutations(range(n))), dtype=np.int8)
+        return float((sim[rows, perms].sum(axis=1) >= stat - tol).mean())
+    rng = np.random.default_rng(seed)
+    hits = sum(int(sim[rows, rng.permutation(n)].sum() >= stat - tol) for _ in range(draws))
+    return (1 + hits) / (1 + draws)
+
+
+def translation_check(path: str | os.PathLike, roots: Iterable[str | os.PathLike],
+                      layout: GridLayout) -> dict[str, float]:
+    """Does each output of a translation grid keep its input? SSIM of every output against every input of the
+    grid: ``matched`` = mean over own input, ``mismatched`` = mean over the other inputs, ``p`` = the
+    permutation test of ``permutation_pvalue`` (small = the outputs follow their inputs). A translator that
+    ignores its input (the same picture for everything, or pictures unrelated to the input) gives p near
+    uniform; a similar-looking input/output pair is *expected* here, not a collapse."""
+    cols = split_columns(np.asarray(load_image(path, roots)), layout)
+    if "output" not in cols or "input" not in cols:
+        raise GridError("no input and output columns in this grid")
+    inp, out = cols["input"], cols["output"]
+    n = len(inp)
+    sim = ssim_matrix(out, inp)
+    off = (sim.sum() - np.trace(sim)) / (n * n - n) if n > 1 else float("nan")
+    return {"rows": float(n), "matched": float(np.trace(sim) / n), "mismatched": float(off),
+            "p": permutation_pvalue(sim) if n > 1 else 1.0}
 
 
 def grid_diversity(path: str | os.PathLike, roots: Iterable[str | os.PathLike], layout: GridLayout | None = None,
                    max_pairs: int = 300) -> dict[str, float]:
-    """{'ssim': mean pairwise SSIM among the tiles, 'tiles': count, 'tile': side} for one saved grid."""
+    """{'ssim': mean pairwise SSIM among the tiles, 'tiles': count, 'tile': side} for one saved grid.
+    Translation grids (``layout.columns``): among the *output* tiles only, with the inputs' own figure as
+    ``ssim_inputs`` for reference; a grid whose output column is unknown raises GridError."""
     im = load_image(path, roots)
-    tiles = split_grid(np.asarray(im), layout)
+    layout = layout or GridLayout()
+    if layout.columns:
+        if "output" not in layout.columns:
+            raise GridError("this translation grid has no output column")
+        cols = split_columns(np.asarray(im), layout)
+        tiles = cols["output"]
+        ref = {"ssim_inputs": mean_pairwise_ssim(cols["input"], max_pairs=max_pairs)} if "input" in cols else {}
+    else:
+        tiles, ref = split_grid(np.asarray(im), layout), {}
     return {"ssim": mean_pairwise_ssim(tiles, max_pairs=max_pairs), "tiles": float(len(tiles)),
-            "tile": float(tiles.shape[1])}
+            "tile": float(tiles.shape[1]), **ref}
 
 
 def spread(items: list, k: int) -> list:

@@ -6,21 +6,30 @@ its own axis along the top, named after the unit and the tool - the scales are n
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from .data import Run, collapse_points, ema, loss_keys
+from .data import Pair, Run, collapse_points, ema, loss_keys
 
 PALETTE = qualitative.D3 + qualitative.Dark24  # D3's ten are easy to tell apart
 UNIT_ORDER = ("epoch", "kimg", "step")
 UNIT_TOOL = {"epoch": "pokelab", "kimg": "stylegan2-ada", "step": "lightweight-gan"}
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 EVENT_MARKS = {"nan_rollback": "NaN rollback", "resumed": "resumed", "interrupted": "interrupted",
-               "nan_stop": "NaN stop", "error": "error"}
+               "nan_stop": "NaN stop", "error": "error", "init_done": "init phase over"}
+
+
+class Curve(NamedTuple):
+    """One logged series drawn for every run of a figure: colour = run, ``dash`` = which series."""
+    frame: str          # "train" or "evals" (eval series: lines with markers, never smoothed)
+    key: str
+    label: str          # trace name
+    dash: str = "solid"
+    note: str = ""      # label in the line-style key under the title (default: label)
 
 
 def colour_map(runs: Iterable[Run]) -> dict[str, str]:
@@ -153,39 +162,63 @@ def kid_figure(runs: list[Run], colours: dict[str, str]) -> go.Figure:
     return fig
 
 
+def curves_figure(runs: list[Run], colours: dict[str, str], curves: list[Curve], title: str, ytitle: str,
+                  smoothing: float = 0.0, raw_faint: bool = True, show_events: bool = False, height: int = 380,
+                  empty: str = "nothing logged", style_note: bool = True) -> go.Figure:
+    """Several series per run (colour: run, dash: which series). With smoothing > 0 train series are EMA-smoothed
+    and, with ``raw_faint``, the raw curve stays as a faint line under the smoothed one (2 traces per curve)."""
+    fig, ids = _base(title, ytitle, runs, height=height)
+    for r in runs:
+        c = colours.get(r.key, "#444")
+        for cv in curves:
+            s = _series(r, cv.frame, cv.key)
+            if s is None:
+                continue
+            smooth = smoothing > 0 and cv.frame == "train"
+            if smooth and raw_faint:
+                fig.add_trace(go.Scatter(x=s.index, y=s.to_numpy(), mode="lines", xaxis=_xref(ids, r),
+                                         line={"color": _rgba(c, 0.25), "width": 1, "dash": cv.dash},
+                                         legendgroup=r.key, showlegend=False, hoverinfo="skip",
+                                         name=f"{r.label} · {cv.label} (raw)"))
+            y = ema(s.to_numpy(), smoothing) if smooth else s.to_numpy()
+            fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines" if cv.frame == "train" else "lines+markers",
+                                     name=cv.label, xaxis=_xref(ids, r), **_group(fig, r),
+                                     line={"color": c, "dash": cv.dash, "width": 2}, marker={"size": 6},
+                                     hovertemplate=f"{r.label} · {cv.label}<br>{r.x_unit} %{{x}}<br>%{{y:.4f}}"
+                                                   f"<extra></extra>"))
+    if show_events:
+        _mark_events(fig, runs, ids, colours)
+    if not fig.data:
+        empty_note(fig, empty)
+    elif style_note:
+        _style_note(fig, [(cv.dash, cv.note or cv.label) for cv in curves])
+    return fig
+
+
+def _short(key: str) -> str:
+    return key[5:] if key.startswith("loss/") else key
+
+
 def loss_figure(runs: list[Run], colours: dict[str, str], keys: list[str] | None = None,
                 smoothing: float = 0.0, show_events: bool = True) -> go.Figure:
     """Every chosen ``loss/*`` of every run (colour: run, dash: which loss). With smoothing > 0 the raw
     curve stays as a faint line under the smoothed one (2 traces per curve)."""
     keys = loss_keys(runs) if keys is None else keys
     title = "Losses" + (f" (EMA smoothing {smoothing:.2f}; raw curves faint)" if smoothing > 0 else "")
-    fig, ids = _base(title, "loss", runs, height=420)
-    for r in runs:
-        c = colours.get(r.key, "#444")
-        for k, key in enumerate(keys):
-            s = _series(r, "train", key)
-            if s is None:
-                continue
-            short = key[5:] if key.startswith("loss/") else key
-            dash = DASHES[k % len(DASHES)]
-            if smoothing > 0:
-                fig.add_trace(go.Scatter(x=s.index, y=s.to_numpy(), mode="lines", xaxis=_xref(ids, r),
-                                         line={"color": _rgba(c, 0.25), "width": 1, "dash": dash},
-                                         legendgroup=r.key, showlegend=False, hoverinfo="skip",
-                                         name=f"{r.label} · {short} (raw)"))
-            y = ema(s.to_numpy(), smoothing) if smoothing > 0 else s.to_numpy()
-            fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines", name=short, xaxis=_xref(ids, r),
-                                     line={"color": c, "dash": dash, "width": 2}, **_group(fig, r),
-                                     hovertemplate=f"{r.label} · {short}<br>{r.x_unit} %{{x}}<br>%{{y:.4f}}"
-                                                   f"<extra></extra>"))
-    if show_events:
-        _mark_events(fig, runs, ids, colours)
-    if not fig.data:
-        empty_note(fig, "no losses logged")
-    elif len(keys) > 1:
-        _style_note(fig, [(DASHES[k % len(DASHES)], key[5:] if key.startswith("loss/") else key)
-                          for k, key in enumerate(keys)])
-    return fig
+    curves = [Curve("train", key, _short(key), DASHES[k % len(DASHES)]) for k, key in enumerate(keys)]
+    return curves_figure(runs, colours, curves, title, "loss", smoothing, show_events=show_events, height=420,
+                         empty="no losses logged", style_note=len(keys) > 1)
+
+
+def translation_figure(runs: list[Run], colours: dict[str, str], pair: Pair, smoothing: float = 0.0) -> go.Figure:
+    """A per-direction pair of a translation run (``studio.data.TRANSLATION_PAIRS``): A→B solid, B→A dashed,
+    eval series of the pair dotted with markers."""
+    (ka, la), (kb, lb) = pair.ab, pair.ba
+    curves = [Curve("train", ka, la, "solid"), Curve("train", kb, lb, "dash")]
+    curves += [Curve("evals", k, label, "dot") for k, label in pair.evals]
+    title = pair.title + (f" — EMA {smoothing:.2f}" if smoothing > 0 else "")
+    return curves_figure(runs, colours, curves, title, "loss", smoothing, show_events=True, height=360,
+                         empty=f"no run logged {_short(ka)} or {_short(kb)}")
 
 
 def _group(fig: go.Figure, run: Run) -> dict:
@@ -211,35 +244,26 @@ def dacc_figure(runs: list[Run], colours: dict[str, str], smoothing: float = 0.0
     """D accuracy on real (solid) and on fake (dash) per run, with the 0.5 reference line (EMA-smoothed
     when smoothing > 0)."""
     title = "D accuracy (0.5 = D cannot tell real from fake)" + (f", EMA {smoothing:.2f}" if smoothing > 0 else "")
-    fig, ids = _base(title, "accuracy", runs)
-    for r in runs:
-        c = colours.get(r.key, "#444")
-        for key, dash, what in (("acc/D_real", "solid", "real"), ("acc/D_fake", "dash", "fake")):
-            s = _series(r, "train", key)
-            if s is None:
-                continue
-            y = ema(s.to_numpy(), smoothing) if smoothing > 0 else s.to_numpy()
-            fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines", name=what, **_group(fig, r),
-                                     xaxis=_xref(ids, r), line={"color": c, "dash": dash},
-                                     hovertemplate=f"{r.label}<br>D acc on {what} %{{y:.3f}}<br>"
-                                                   f"{r.x_unit} %{{x}}<extra></extra>"))
+    curves = [Curve("train", "acc/D_real", "real", "solid", "on real"),
+              Curve("train", "acc/D_fake", "fake", "dash", "on fake")]
+    fig = curves_figure(runs, colours, curves, title, "accuracy", smoothing, raw_faint=False,
+                        empty="no D accuracy logged")
     fig.add_hline(y=0.5, line={"color": "#888", "dash": "dot", "width": 1.5},
                   annotation_text="0.5", annotation_position="bottom right")
     fig.update_yaxes(range=[-0.02, 1.02])
-    if not fig.data:
-        empty_note(fig, "no D accuracy logged")
-    else:
-        _style_note(fig, [("solid", "on real"), ("dash", "on fake")])
     return fig
 
 
 def diversity_figure(runs: list[Run], colours: dict[str, str],
-                     computed: dict[str, list[tuple[float, float]]] | None = None) -> go.Figure:
+                     computed: dict[str, list[tuple[float, float]]] | None = None,
+                     reference: dict[str, list[tuple[float, float]]] | None = None) -> go.Figure:
     """Mean pairwise MS-SSIM of generated samples (solid) against the real-image level (dotted); red
     crosses where the collapse flag fired. ``computed``: run key -> [(x, SSIM)] estimated from the saved
-    grids (dash-dot; single-scale SSIM on tiles, an approximation)."""
+    grids (dash-dot; single-scale SSIM on tiles, an approximation; for translation runs: on the output
+    column). ``reference``: run key -> [(x, SSIM)] of a translation grid's input column (long dash)."""
     fig, ids = _base("Sample similarity (higher = less diverse; MS-SSIM)", "mean pairwise MS-SSIM", runs)
     computed = computed or {}
+    reference = reference or {}
     for r in runs:
         c = colours.get(r.key, "#444")
         fake = _series(r, "evals", "ms_ssim/fake")
@@ -264,6 +288,12 @@ def diversity_figure(runs: list[Run], colours: dict[str, str],
             fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", xaxis=_xref(ids, r),
                                      name="grid SSIM (approx.)", **_group(fig, r),
                                      line={"color": c, "dash": "dashdot"}, marker={"symbol": "diamond", "size": 6}))
+        ref = reference.get(r.key)
+        if ref:
+            xs, ys = zip(*ref)
+            fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", xaxis=_xref(ids, r),
+                                     name="grid SSIM of the inputs", **_group(fig, r),
+                                     line={"color": c, "dash": "longdash", "width": 1}))
     if not fig.data:
         empty_note(fig, "no MS-SSIM logged — compute an estimate from the sample grids in Samples")
     else:
@@ -272,21 +302,25 @@ def diversity_figure(runs: list[Run], colours: dict[str, str],
             kinds.append(("cross", "collapse flagged"))
         if computed:
             kinds.append(("dashdot", "grid SSIM (approx.)"))
+        if reference:
+            kinds.append(("longdash", "grid SSIM of the translation inputs"))
         _style_note(fig, kinds)
     return fig
 
 
 def scalar_figure(runs: list[Run], colours: dict[str, str], key: str, frame: str = "train",
-                  smoothing: float = 0.0) -> go.Figure:
-    """Any other logged scalar (img/s, augment p, ...), one line per run."""
-    fig, ids = _base(key, key, runs, height=320)
+                  smoothing: float = 0.0, title: str | None = None, height: int = 320) -> go.Figure:
+    """Any other logged scalar (img/s, augment p, translation eval metrics, ...), one line per run (eval
+    series with markers: they are sparse)."""
+    fig, ids = _base(title or key, key, runs, height=height)
     for r in runs:
         s = _series(r, frame, key)
         if s is None:
             continue
         y = ema(s.to_numpy(), smoothing) if smoothing > 0 else s.to_numpy()
-        fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines", name=r.label, xaxis=_xref(ids, r),
-                                 line={"color": colours.get(r.key)}))
+        fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines" if frame == "train" else "lines+markers",
+                                 name=r.label, xaxis=_xref(ids, r), line={"color": colours.get(r.key)},
+                                 hovertemplate=f"{r.label}<br>{r.x_unit} %{{x}}<br>{key} %{{y:.4f}}<extra></extra>"))
     if not fig.data:
         empty_note(fig, f"no run logged {key}")
     return fig

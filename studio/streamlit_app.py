@@ -67,6 +67,7 @@ def init_state(args: argparse.Namespace) -> None:
         ss.review_db = str(Path(args.review_db or RV.default_path()).expanduser().resolve())
         ss.cli_review_dir = str(Path(ss.review_db).parent) if args.review_db else None
     ss.setdefault("computed_div", {})
+    ss.setdefault("computed_div_ref", {})  # translation runs: SSIM among the grid's inputs (reference)
     ss.setdefault("gif", {})
 
 
@@ -92,6 +93,11 @@ def load_all(roots: list[Path]) -> list[D.Run]:
 @st.cache_data(show_spinner=False, max_entries=5000)
 def _cached_diversity(path: str, roots: tuple[str, ...], mtime: float, layout: D.GridLayout) -> dict:
     return G.grid_diversity(path, roots, layout)
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _cached_translation_check(path: str, roots: tuple[str, ...], mtime: float, layout: D.GridLayout) -> dict:
+    return G.translation_check(path, roots, layout)
 
 
 @st.cache_data(show_spinner=False, max_entries=50)
@@ -160,9 +166,46 @@ def unit_note(runs: list[D.Run]) -> None:
                    + " — each unit has its own axis (bottom / top); the scales are not comparable.")
 
 
-def verdict_block(run: D.Run) -> None:
-    for v in D.verdict(run):
+def grid_check(run: D.Run, roots: list[Path], sample: tuple[float, Path] | None = None) -> dict | None:
+    """The input-kept test (studio.grids.translation_check) of a translation run's latest grid, or of
+    ``sample``; {"error": why} when the grid cannot be used; None for other runs or without grids."""
+    if not run.translate or not (sample or run.samples):
+        return None
+    x, p = sample or run.samples[-1]
+    try:
+        res = dict(_cached_translation_check(str(p), tuple(str(r) for r in roots), _mtime(p), run.layout))
+    except (OSError, ValueError) as e:
+        return {"error": f"{p.name}: {e}", "x": x}
+    res["x"] = x
+    return res
+
+
+def verdict_block(run: D.Run, roots: list[Path]) -> None:
+    for v in D.verdict(run, grid_check(run, roots)):
         st.markdown(f"{LEVEL_ICON[v['level']]} **{v['topic']}** — {v['text']}")
+
+
+def translation_section(chosen: list[D.Run], colours: dict[str, str], smoothing: float, prefix: str) -> None:
+    """Per-direction losses, cycle consistency and the translation eval metrics of the chosen translation runs
+    (nothing when none is one). Figures two by two, keys ``{prefix}_tr_<n>`` and ``{prefix}_tr_<metric>``."""
+    runs = [r for r in chosen if r.translate]
+    if not runs:
+        return
+    st.subheader("Translation")
+    st.caption("Per direction: solid = A→B (G_AB, D_B judging its outputs, cycle_A: A→B→A, idt_B: G_AB on B "
+               "pictures), dashed = B→A (G_BA, D_A, cycle_B, idt_A); eval series dotted with markers. "
+               "LPIPS input ↔ output: lower = more of the input kept (it rises as the style changes more); "
+               "LPIPS output ↔ target only when both sets share file ids.")
+    figs = [(f"{prefix}_tr_{i}", P.translation_figure(runs, colours, pair, smoothing))
+            for i, pair in enumerate(D.translation_pairs(runs))]
+    figs += [(f"{prefix}_tr_{key.replace('/', '_')}", P.scalar_figure(runs, colours, key, "evals", title=title))
+             for key, title in D.TRANSLATION_EVALS if any(r.column("evals", key) is not None for r in runs)]
+    for k in range(0, len(figs), 2):
+        cols = st.columns(2)
+        for col, (key, fig) in zip(cols, figs[k:k + 2]):
+            col.plotly_chart(fig, key=key)
+    if not figs:
+        st.info("The translation runs logged no per-direction losses or translation metrics yet.")
 
 
 # ---- views ---------------------------------------------------------------------------------------------
@@ -181,7 +224,7 @@ def view_runs(roots: list[Path]) -> None:
     shown = table.copy()
     shown["status"] = [f"{STATUS_ICON.get(s, '·')} {s}" for s in shown["status"]]
     shown["completion"] = [(d / p if (d == d and p == p and p) else None) for d, p in zip(table["done"], table["planned"])]
-    shown = shown[["run", "engine", "dataset", "status", "progress", "completion", "best FID", "best FID at",
+    shown = shown[["run", "engine", "kind", "dataset", "status", "progress", "completion", "best FID", "best FID at",
                    "last KID", "img/s", "wall time", "samples", "warnings"]]
     _dataframe(
         shown, hide_index=True, key="runs_table", placeholder="",
@@ -218,9 +261,9 @@ def view_runs(roots: list[Path]) -> None:
     r = by_key[key]
     left, right = st.columns([3, 2])
     with left:
-        st.markdown(f"`{r.path}`  \n**{r.tool}** · engine **{r.engine}** · dataset **{r.dataset}** · "
+        st.markdown(f"`{r.path}`  \n**{r.tool}** · engine **{r.engine}** ({r.kind}) · dataset **{r.dataset}** · "
                     f"status **{r.status}** · {r.info.get('device', '')}")
-        verdict_block(r)
+        verdict_block(r, roots)
         if r.events:
             st.markdown("**Events**")
             st.dataframe(pd.DataFrame(r.events), hide_index=True)
@@ -259,7 +302,9 @@ def view_trends(roots: list[Path]) -> None:
     smoothing = c1.slider("Smoothing (EMA) of losses and D accuracy", 0.0, 0.99, 0.6, 0.01, key="smoothing",
                           help="Exponential moving average with bias correction; 0 = raw values.")
     keys = D.loss_keys(chosen)
-    loss_sel = c2.multiselect("Losses", keys, default=keys, key="loss_keys")
+    # translation runs: the per-direction losses have their own figures below; left out of this one by default
+    shown_below = D.pair_keys() if any(r.translate for r in chosen) else set()
+    loss_sel = c2.multiselect("Losses", keys, default=[k for k in keys if k not in shown_below], key="loss_keys")
     st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
     unit_note(chosen)
     a, b = st.columns(2)
@@ -275,9 +320,10 @@ def view_trends(roots: list[Path]) -> None:
     a, b = st.columns(2)
     with a:
         computed = {k: v for k, v in st.session_state.computed_div.items() if k in sel}
-        st.plotly_chart(P.diversity_figure(chosen, colours, computed), key="fig_div")
+        reference = {k: v for k, v in st.session_state.computed_div_ref.items() if k in sel}
+        st.plotly_chart(P.diversity_figure(chosen, colours, computed, reference), key="fig_div")
         missing = [r for r in chosen if D.collapse_points(r)[1] == "" and r.samples and r.key not in computed
-                   and r.info.get("kind") != "translate"]
+                   and (not r.translate or "output" in r.layout.columns)]
         if missing and st.button(f"Estimate diversity from sample grids for {len(missing)} run(s) without MS-SSIM",
                                  key="div_from_trends"):
             for r in missing:
@@ -291,17 +337,21 @@ def view_trends(roots: list[Path]) -> None:
             key = st.selectbox("Other scalar", others, index=others.index("img_per_s") if "img_per_s" in others else 0,
                                key="other_scalar")
             st.plotly_chart(P.scalar_figure(chosen, colours, key), key="fig_other")
+    translation_section(chosen, colours, smoothing, "fig")
 
 
 def compute_diversity(run: D.Run, roots: list[Path], max_grids: int = 12) -> list[tuple[float, float]]:
-    """Mean pairwise SSIM of the tiles of up to ``max_grids`` grids (evenly spread), cached per file."""
-    pts, errors = [], []
+    """Mean pairwise SSIM of the tiles of up to ``max_grids`` grids (evenly spread), cached per file; for
+    translation runs among the output tiles, with the inputs' figure kept as a reference."""
+    pts, ref, errors = [], [], []
     picks = G.spread(run.samples, max_grids)
     bar = st.progress(0.0, text=f"{run.label}: SSIM among tiles")
     for i, (x, p) in enumerate(picks):
         try:
             res = _cached_diversity(str(p), tuple(str(r) for r in roots), _mtime(p), run.layout)
             pts.append((x, res["ssim"]))
+            if "ssim_inputs" in res:
+                ref.append((x, res["ssim_inputs"]))
         except (OSError, ValueError) as e:
             errors.append(f"{p.name}: {e}")
         bar.progress((i + 1) / len(picks), text=f"{run.label}: SSIM among tiles ({i + 1}/{len(picks)})")
@@ -310,6 +360,8 @@ def compute_diversity(run: D.Run, roots: list[Path], max_grids: int = 12) -> lis
         st.warning(f"{run.label}: {e}")
     if pts:
         st.session_state.computed_div[run.key] = pts
+    if ref:
+        st.session_state.computed_div_ref[run.key] = ref
     return pts
 
 
@@ -334,6 +386,7 @@ def view_samples(roots: list[Path]) -> None:
     _, pa = next(s for s in ra.samples if s[0] == x)
     with cols[0]:
         show_image(ra, pa, roots, f"{ra.label} — {ra.x_unit} {D.fmt_x(x)}", max_width=640)
+        translation_grid_note(ra, (x, pa), roots)
     if kb:
         rb = by_key[kb]
         if rb.x_unit == ra.x_unit:
@@ -345,6 +398,7 @@ def view_samples(roots: list[Path]) -> None:
             how = f"same fraction ({frac:.0%}) of the run"
         with cols[1]:
             show_image(rb, pb, roots, f"{rb.label} — {rb.x_unit} {D.fmt_x(xb)} ({how})", max_width=640)
+            translation_grid_note(rb, (xb, pb), roots)
 
     st.subheader("Timeline GIF")
     g1, g2, g3 = st.columns(3)
@@ -372,17 +426,37 @@ def view_samples(roots: list[Path]) -> None:
     st.subheader("Diversity from the grids")
     st.caption("Mean pairwise SSIM among the tiles of each saved grid (single-scale SSIM, an approximation of "
                "the MS-SSIM the trainer logs; higher = samples look more alike). Computed on demand and cached.")
-    if ra.info.get("kind") == "translate":
-        st.info("Translation grids show inputs, outputs and reconstructions side by side: similarity among their "
-                "tiles says nothing about diversity, so it is not computed for translation runs.")
-        return
+    if ra.translate:
+        if "output" not in ra.layout.columns:
+            st.info(f"Not computed: the columns of this translation grid (engine {ra.engine!r}) are unknown, so its "
+                    "output column cannot be told from its inputs and reconstructions — and similarity between "
+                    "those says nothing about diversity.")
+            return
+        st.caption("Translation grid: measured on the **output** column only (inputs and reconstructions look like "
+                   "the outputs by design); the inputs' own figure is drawn as a reference (long dash).")
     n = st.slider("grids to measure", 2, 40, 12, key="div_grids")
     if st.button("Compute", key="div_compute"):
         compute_diversity(ra, roots, n)
     pts = st.session_state.computed_div.get(ka)
     if pts:
         colours = P.colour_map(runs)
-        st.plotly_chart(P.diversity_figure([ra], colours, {ka: pts}), key="fig_div_samples")
+        ref = st.session_state.computed_div_ref.get(ka)
+        st.plotly_chart(P.diversity_figure([ra], colours, {ka: pts}, {ka: ref} if ref else None),
+                        key="fig_div_samples")
+
+
+def translation_grid_note(run: D.Run, sample: tuple[float, Path], roots: list[Path]) -> None:
+    """Under a translation grid: what its columns are and the input-kept test on it."""
+    if not run.translate:
+        return
+    cols = " | ".join(run.layout.columns) if run.layout.columns else "unknown columns"
+    res = grid_check(run, roots, sample)
+    if res is None or res.get("error"):
+        st.caption(f"Columns: {cols}." + (f" Input-kept test not possible: {res['error']}" if res else ""))
+        return
+    st.caption(f"Columns: {cols}. Outputs vs their own input: SSIM {res['matched']:.3f}; vs the other inputs "
+               f"{res['mismatched']:.3f}; permutation test over {res['rows']:.0f} rows p = {res['p']:.2g} "
+               f"(small: the outputs follow their inputs).")
 
 
 def view_compare(roots: list[Path]) -> None:
@@ -400,7 +474,7 @@ def view_compare(roots: list[Path]) -> None:
         st.info("Pick runs to compare.")
         return
     table = D.runs_table(chosen).set_index("run")
-    rows = ["tool", "engine", "dataset", "status", "progress", "best FID", "best FID at", "last KID", "img/s",
+    rows = ["tool", "engine", "kind", "dataset", "status", "progress", "best FID", "best FID at", "last KID", "img/s",
             "wall time", "warnings"]
     shown = table[rows].T.astype(object)
     for c in shown.columns:
@@ -412,7 +486,7 @@ def view_compare(roots: list[Path]) -> None:
     for col, r in zip(cols, chosen):
         with col:
             st.markdown(f"#### {r.label}")
-            verdict_block(r)
+            verdict_block(r, roots)
             if r.samples:
                 x, p = r.samples[-1]
                 show_image(r, p, roots, f"{r.x_unit} {D.fmt_x(x)}")
@@ -427,12 +501,17 @@ def view_compare(roots: list[Path]) -> None:
     a.plotly_chart(P.loss_figure(chosen, colours, None, smoothing), key="cmp_loss")
     b.plotly_chart(P.dacc_figure(chosen, colours, smoothing), key="cmp_dacc")
     computed = {k: v for k, v in st.session_state.computed_div.items() if k in sel}
-    st.plotly_chart(P.diversity_figure(chosen, colours, computed), key="cmp_div")
+    reference = {k: v for k, v in st.session_state.computed_div_ref.items() if k in sel}
+    st.plotly_chart(P.diversity_figure(chosen, colours, computed, reference), key="cmp_div")
+    translation_section(chosen, colours, smoothing, "cmp")
     st.caption(f"Verdict rules: FID — best value and where; a rise of more than 10% after the best is flagged. "
                f"Collapse — the trainer's collapse flag (MS-SSIM of samples above the real images' by more than "
                f"{D.COLLAPSE_MARGIN}). D balance — mean D accuracy over the last 10% of logged points (5 to 50 "
                f"points): flagged when (real + fake)/2 is further than {D.DRIFT_TOL} from 0.5, or real and fake "
-               f"differ by more than {D.SPLIT_TOL}. Details in docs/studio.md.")
+               f"differ by more than {D.SPLIT_TOL}. Translation runs: input kept — each output is more like its own "
+               f"input than like the grid's other inputs (SSIM permutation test, p < {D.CORRESPONDENCE_ALPHA}); cycle "
+               f"— the cycle loss's last-window mean below its first-window mean and at most {D.CYCLE_RISE}× its "
+               f"lowest. Details in docs/studio.md.")
 
 
 def view_review(review_db: str, roots: list[Path], extra_dirs: list[str]) -> None:
