@@ -226,15 +226,15 @@ def test_translation_metrics_have_their_known_values_on_an_identity_translator()
 
 
 @pytest.mark.slow
-def test_trainer_evaluates_translation_and_cli_eval_reads_the_run(tmp_path, capsys):
-    root = tmp_path / "data"
-    from PIL import Image
+def test_sprite_to_artwork_run_is_evaluated_with_pairs_by_id(tmp_path, capsys, pokemon_dir):
+    """The shared data's real task in miniature: 6 B/W sprites -> Dream World artwork, paired by Pokémon id."""
+    import shutil
 
-    g = np.random.default_rng(0)
-    for d in ("a", "b"):
+    root = tmp_path / "data"
+    for d, folder in (("a", pokemon_dir.parent / "bw-sprites-96"), ("b", pokemon_dir)):
         (root / d).mkdir(parents=True)
-        for k in range(6):
-            Image.fromarray(g.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / d / f"{k}.png")
+        for k in range(1, 7):
+            shutil.copy(folder / f"{k}.png", root / d / f"{k}.png")
     argv = ["train", "cyclegan", "--source", str(root / "a"), "--target", str(root / "b"), "--runs",
             str(tmp_path / "runs"), "--image-size", "32", "--epochs", "2", "--batch-size", "2",
             "--set", "ngf=8", "--set", "ndf=8", "--set", "n_blocks=1", "--set", "eval_every=2", "--no-progress"]
