@@ -863,11 +863,20 @@ def _lpips_verdict(run: Run) -> dict[str, str] | None:
         parts.append(f"input↔output {c:.3f} at {u} {fmt_x(cx)}" +
                      (f" (first {first.iloc[0]:.3f} at {u} {fmt_x(first.index[0])})" if len(first) > 1 else "") +
                      "; lower = more of the input kept")
+    level = "info"
     if t is not None:
         n, _ = last_value(run, "evals", "paired_n")
+        base, _ = last_value(run, "evals", "lpips/target_input")
         parts.append(f"output↔true target {t:.3f}" + (f" over {n:.0f} pairs" if n is not None else "") +
                      "; lower is better")
-    return {"topic": "LPIPS", "level": "info", "text": "; ".join(parts)}
+        if base is not None:
+            # the untranslated inputs against the same targets: a translator that does not beat doing nothing
+            # has learnt nothing about the pairs, whatever the image size
+            parts.append(f"untranslated inputs score {base:.3f}" +
+                         (": the outputs are closer to the true targets" if t < base else
+                          ": the outputs are no closer to the true targets than the inputs themselves"))
+            level = "ok" if t < base else "warn"
+    return {"topic": "LPIPS", "level": level, "text": "; ".join(parts)}
 
 
 def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str, str]]:

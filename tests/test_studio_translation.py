@@ -511,3 +511,13 @@ def test_studio_reads_what_the_translation_engines_write(tmp_path):
         cols = G.split_columns(np.asarray(Image.open(p).convert("RGB")), D.GridLayout(tile=32, columns=COLUMNS[name]))
         assert list(cols) == list(COLUMNS[name]) and all(c.shape == (8, 32, 32, 3) for c in cols.values())
         assert np.array_equal(cols["input"], x.permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize("baseline, level, phrase", [(0.35, "ok", "closer to the true targets"),
+                                                     (0.25, "warn", "no closer to the true targets")])
+def test_lpips_to_target_is_judged_against_the_untranslated_inputs(tmp_path, baseline, level, phrase):
+    line = json.dumps({"kind": "eval", "epoch": 21, "step": 1, "lpips/content": 0.2, "lpips/target": 0.3,
+                       "lpips/target_input": baseline, "paired_n": 40}) + "\n"
+    r = _load(write_translation(tmp_path, epochs=20, extra_lines=line))
+    (v,) = [v for v in D.verdict(r) if v["topic"] == "LPIPS"]
+    assert v["level"] == level and phrase in v["text"] and f"untranslated inputs score {baseline:.3f}" in v["text"]

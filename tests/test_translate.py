@@ -221,6 +221,7 @@ def test_translation_metrics_have_their_known_values_on_an_identity_translator()
     assert res["lpips/content"] == pytest.approx(0, abs=1e-6)
     assert res["cycle/A"] == pytest.approx(0, abs=1e-6)
     assert res["lpips/target"] == pytest.approx(0, abs=1e-6) and res["paired_n"] == 4 and res["eval_n"] == 6
+    assert res["lpips/target_input"] == res["lpips/target"]  # doing nothing is what this translator does
     with pytest.raises(ValueError, match="unknown translation metric 'ms_ssim'"):
         evaluate_translation(Identity(48), src, tgt, metrics="ms_ssim")
 

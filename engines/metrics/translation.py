@@ -10,6 +10,7 @@ Every source picture is translated A -> B (up to ``n``), then:
 - ``lpips/target``: when the two sets share picture ids (file names without extension, as the shared
   sprite -> artwork task does), mean LPIPS between each output and the true target of the same id; lower
   is better; ``paired_n`` says how many pairs were found. Training stays unpaired: pairs are only read here.
+  ``lpips/target_input`` is the same distance for the untranslated inputs: the do-nothing baseline.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
                          progress: bool = False, **options) -> dict[str, float]:
     """Metrics of ``engine`` (a TranslationEngine) translating ``source`` into the domain of ``target``
     (PreparedDatasets, image sets or uint8 tensors). Keys: fid, kid, kid_std, lpips/content, cycle/A,
-    lpips/target, paired_n (those asked for and possible), eval_n, eval_seconds."""
+    lpips/target, lpips/target_input, paired_n (those asked for and possible), eval_n, eval_seconds."""
     t0 = time.perf_counter()
     metrics = parse_translation_metrics(metrics)
     opts = EvalOptions(**options)
@@ -102,6 +103,9 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
             if tuple(truth.shape[-2:]) != size:
                 truth = resize_uint8(truth, size)
             res["lpips/target"] = float(lpips_distance(out_u8[torch.as_tensor(i)], truth, dev, batch_size).mean())
+            # the do-nothing baseline: a translator earns its keep only by getting below this
+            res["lpips/target_input"] = float(lpips_distance(inputs[torch.as_tensor(i)], truth, dev,
+                                                             batch_size).mean())
             res["paired_n"] = float(len(i))
         else:
             warnings.warn("lpips_target skipped: the source and target sets share no picture ids (file names)",
