@@ -41,6 +41,9 @@ class Limits:
     min_sd_frames: int = 2
     max_sd_frames: int = 16
     max_rater_chars: int = 60
+    # image-to-image translation: one uploaded picture (checked before it is decoded)
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_upload_pixels: int = 36_000_000   # 6000 x 6000; a bigger header is refused (decompression bombs)
 
 
 LIMITS = Limits()
@@ -69,6 +72,7 @@ class AppConfig:
     concurrency: int = 4
     max_queue: int = 64
     novelty: bool = True            # offer nearest-training-image lookups when the metrics can run
+    rembg_model_path: Path | None = None  # a local U2Net-style ONNX file offered for background removal
     share: bool = False
 
     def checkpoint_roots(self) -> list[Path]:
@@ -86,7 +90,8 @@ class AppConfig:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m app",
-        description="pokelab's Gradio app: generate, interpolate, text-to-image with attention maps, blind review.",
+        description="pokelab's Gradio app: generate, interpolate, translate pictures, text-to-image with "
+                    "attention maps, blind review.",
     )
     p.add_argument("--checkpoints", nargs="+", metavar="DIR", default=None,
                    help="export folders, run folders, or folders holding them (added to the shipped "
@@ -109,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (env POKELAB_PORT or GRADIO_SERVER_PORT; default 7860)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="requests processed at once per event (env POKELAB_CONCURRENCY; default 4)")
+    p.add_argument("--rembg-model-path", metavar="FILE.onnx", default=None,
+                   help="a local U2Net-style ONNX model offered for background removal in the Translate tab "
+                        "(no download; env POKELAB_REMBG_MODEL_PATH)")
     p.add_argument("--no-novelty", action="store_true", help="hide the nearest-training-image lookup")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     return p
@@ -125,6 +133,7 @@ def config_from_args(argv: list[str] | None = None) -> AppConfig:
         raise SystemExit(f"--port must be between 0 and 65535, not {port}")
     if concurrency < 1:
         raise SystemExit("--concurrency must be at least 1")
+    rembg_file = a.rembg_model_path or env.get("POKELAB_REMBG_MODEL_PATH")
     return AppConfig(
         checkpoints=[Path(c) for c in checkpoints],
         shipped=not (a.no_shipped or _env_flag("POKELAB_NO_SHIPPED")),
@@ -137,5 +146,6 @@ def config_from_args(argv: list[str] | None = None) -> AppConfig:
         port=port,
         concurrency=concurrency,
         novelty=not a.no_novelty,
+        rembg_model_path=Path(rembg_file) if rembg_file else None,
         share=a.share,
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.export import ExportError, read_export_config, resolve_export_dir
-from engines.runs import is_run_dir
+from engines.runs import RunFormatError, is_run_dir, read_info
 
 from .appconfig import REPO_ROOT
 from .inputs import AppInputError
@@ -30,6 +30,7 @@ class ExportEntry:
     key: str                 # unique short name (the dropdown value)
     path: Path               # the export folder (resolved)
     config: dict[str, Any]   # its config.json
+    _run_source: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def engine_name(self) -> str:
@@ -56,10 +57,48 @@ class ExportEntry:
 
     @property
     def dataset(self) -> dict[str, Any]:
+        """The training set of what the engine makes (for a translation engine: its target domain B)."""
         d = self.trained.get("dataset")
         if isinstance(d, list):  # translation engines record (source, target); the target is what they make
             d = d[-1] if d else {}
         return d if isinstance(d, dict) else {}
+
+    @property
+    def source_dataset(self) -> dict[str, Any]:
+        """A translation engine's input domain A: the export's ``trained.source_dataset``; for exports
+        written before the trainer recorded it, the first dataset of the run the export belongs to."""
+        if self.kind != "translate":
+            return {}
+        d = self.trained.get("source_dataset")
+        if not d and isinstance(self.trained.get("dataset"), list) and len(self.trained["dataset"]) > 1:
+            d = self.trained["dataset"][0]
+        if not d and self.path.name == "export" and is_run_dir(self.path.parent):
+            if self._run_source is None:
+                try:
+                    ds = read_info(self.path.parent).get("dataset")
+                    self._run_source = ds[0] if isinstance(ds, list) and len(ds) > 1 else {}
+                except (RunFormatError, OSError, ValueError):
+                    self._run_source = {}
+            d = self._run_source
+        return d if isinstance(d, dict) else {}
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """Translation directions the export has ('AB', and 'BA' where the engine has both generators)."""
+        if self.kind != "translate":
+            return ()
+        extra = self.config.get("extra") or {}
+        dirs = extra.get("directions") if isinstance(extra, dict) else None
+        return tuple(str(d) for d in dirs) if isinstance(dirs, (list, tuple)) and dirs else ("AB",)
+
+    @property
+    def has_attention(self) -> bool:
+        extra = self.config.get("extra") or {}
+        return self.kind == "translate" and isinstance(extra, dict) and bool(extra.get("attention"))
+
+    def domain_names(self) -> tuple[str, str]:
+        """('bw-sprites-96', 'dreamworld-256') for a translation export, ('A', 'B') when not recorded."""
+        return (str(self.source_dataset.get("name") or "A"), str(self.dataset.get("name") or "B"))
 
     @property
     def display_path(self) -> str:
@@ -78,9 +117,10 @@ class ExportEntry:
         ep = self.trained.get("epochs")
         if ep is not None:
             bits.append(f"{ep} epochs")
-        ds = self.dataset.get("name")
-        if ds:
-            bits.append(str(ds))
+        if self.kind == "translate":
+            bits.append(" → ".join(self.domain_names()))
+        elif self.dataset.get("name"):
+            bits.append(str(self.dataset["name"]))
         return " · ".join(bits)
 
     def facts(self) -> dict[str, Any]:
@@ -102,6 +142,10 @@ class ExportEntry:
             "z_dim": ec.get("z_dim"),
             "supports": sorted(self.supports),
             "folder": self.display_path,
+            # translation exports: the input domain, the directions, whether there are attention maps
+            "source_dataset": self.source_dataset.get("name"),
+            "directions": list(self.directions),
+            "attention": self.has_attention,
         }
 
 
@@ -190,6 +234,9 @@ class ExportCatalog:
     def generators(self) -> list[ExportEntry]:
         return [e for e in self.entries.values() if e.kind == "generate"]
 
+    def translators(self) -> list[ExportEntry]:
+        return [e for e in self.entries.values() if e.kind == "translate"]
+
     def get(self, key: str | None) -> ExportEntry:
         if not self.entries:
             raise AppInputError("No engine exports were found. Train one (pokelab train ENGINE --data DATA) and "
@@ -205,6 +252,16 @@ class ExportCatalog:
         e = self.get(key)
         if e.kind != "generate":
             raise AppInputError(f"{e.key} is a {e.kind} engine ({e.engine_name}); pick a generation engine")
+        return e
+
+    def translator(self, key: str | None) -> ExportEntry:
+        if not self.translators():
+            raise AppInputError("No translation exports were found. Train one (pokelab train cyclegan --source "
+                                "DIR_A --target DIR_B) and start the app with --checkpoints pointing at its run "
+                                "or export folder.")
+        e = self.get(key)
+        if e.kind != "translate":
+            raise AppInputError(f"{e.key} is a {e.kind} engine ({e.engine_name}); pick a translation engine")
         return e
 
     # ---- engines, loaded once ------------------------------------------------------------------
@@ -236,9 +293,17 @@ class ExportCatalog:
     def loaded(self) -> list[str]:
         return list(self._engines)
 
-    # ---- the training set behind an export --------------------------------------------------------
-    def _dataset_path(self, entry: ExportEntry) -> Path | None:
-        ds = entry.dataset
+    # ---- the training sets behind an export --------------------------------------------------------
+    @staticmethod
+    def _recorded(entry: ExportEntry, role: str) -> dict[str, Any]:
+        if role not in ("target", "source"):
+            raise ValueError(f"role must be 'target' or 'source', not {role!r}")
+        return entry.dataset if role == "target" else entry.source_dataset
+
+    def dataset_path(self, entry: ExportEntry, role: str = "target") -> Path | None:
+        """Where the export's training set (``role`` 'target': what it makes; 'source': a translation
+        engine's inputs) is on this machine: the recorded path, else a folder of that name under --data."""
+        ds = self._recorded(entry, role)
         src = ds.get("source")
         cands: list[Path] = []
         if src:
@@ -253,29 +318,31 @@ class ExportCatalog:
                 return c
         return None
 
-    def real_set(self, entry: ExportEntry, size: int | None = None) -> RealSet | None:
+    def real_set(self, entry: ExportEntry, size: int | None = None, role: str = "target") -> RealSet | None:
         """The export's training set at ``size`` px (default: the export's size), or None when it cannot
-        be found or read here; ``real_set_problem`` then says why."""
+        be found or read here; ``real_set_problem`` then says why. ``role='source'``: a translation
+        export's input domain."""
         size = int(size or entry.image_size)
-        ck = (entry.key, size)
+        ck = (entry.key, size, role)
         with self._real_lock:
             got = self._real.get(ck)
             if got is None:
-                got = self._load_real(entry, size)
+                got = self._load_real(entry, size, role)
                 self._real[ck] = got
         return got if isinstance(got, RealSet) else None
 
-    def real_set_problem(self, entry: ExportEntry, size: int | None = None) -> str:
-        got = self._real.get((entry.key, int(size or entry.image_size)))
+    def real_set_problem(self, entry: ExportEntry, size: int | None = None, role: str = "target") -> str:
+        got = self._real.get((entry.key, int(size or entry.image_size), role))
         return got if isinstance(got, str) else ""
 
-    def _load_real(self, entry: ExportEntry, size: int) -> RealSet | str:
-        ds = entry.dataset
+    def _load_real(self, entry: ExportEntry, size: int, role: str = "target") -> RealSet | str:
+        ds = self._recorded(entry, role)
+        what = "training set" if role == "target" else "source (input) set"
         if not ds:
-            return "the export does not record its training set"
-        path = self._dataset_path(entry)
+            return f"the export does not record its {what}"
+        path = self.dataset_path(entry, role)
         if path is None:
-            return (f"training set {ds.get('name') or '?'} not found (recorded at {ds.get('source') or '?'}; "
+            return (f"{what} {ds.get('name') or '?'} not found (recorded at {ds.get('source') or '?'}; "
                     "give its folder with --data)")
         try:
             try:
@@ -291,13 +358,13 @@ class ExportCatalog:
             else:
                 return f"{path}: cannot read this kind of dataset here"
         except Exception as e:  # unreadable data must not take the app down; it only hides novelty/real
-            log.warning("training set of %s unavailable: %s", entry.key, e)
-            return f"training set {path} could not be read: {e}"
+            log.warning("%s of %s unavailable: %s", what, entry.key, e)
+            return f"{what} {path} could not be read: {e}"
         files = [Path(str(f)).name for f in (getattr(got, "files", None) or [])]
         if len(files) != len(got.images):
             files = []
         note = ""
         rec = ds.get("key")
         if rec and int(ds.get("size") or 0) == size and getattr(got, "key", None) not in (None, rec):
-            note = "the training set changed since this export was trained"
+            note = f"the {what} changed since this export was trained"
         return RealSet(got.images, str(getattr(got, "key", "")), str(ds.get("name") or path.name), files, note)

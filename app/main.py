@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = config_from_args(argv)
     app = create_app(config=cfg)
-    gens = app.catalog.generators()
-    print(f"pokelab app: {len(gens)} generation export(s) "
-          f"({', '.join(e.key for e in gens) or 'none found'}); review answers go to {cfg.review_db}",
-          flush=True)
+    gens, trans = app.catalog.generators(), app.catalog.translators()
+    print(f"pokelab app: {len(gens)} generation export(s) ({', '.join(e.key for e in gens) or 'none found'}), "
+          f"{len(trans)} translation export(s) ({', '.join(e.key for e in trans) or 'none found'}); "
+          f"review answers go to {cfg.review_db}", flush=True)
     app.launch()
 
 

@@ -1,12 +1,20 @@
 """Blind side-by-side review, without UI code: sources, balanced pairs, sessions, answers to SQLite.
 
-A rater sees two images from two hidden sources and answers the questions of ``engines.review``
-(except 'faithful', which is for translation pairs). Which source is on which side lives only in the
-server-side ``ReviewSession`` (the page gets two pictures and a round number). Pairs are balanced per
-session: the unordered pair of sources compared least so far is picked (ties broken at random), and
-left/right is a coin flip. Both pictures are shown at the same size: each side is brought to the
-smaller native resolution of the two and then enlarged to the display size, so resolution alone does
-not give a source away.
+A rater sees two images from two hidden sources and answers questions of ``engines.review``. Which source
+is on which side lives only in the server-side ``ReviewSession`` (the page gets the pictures and a round
+number). Pairs are balanced per session: the unordered pair of sources compared least so far is picked
+(ties broken at random), and left/right is a coin flip. Both pictures are shown at the same size: each
+side is brought to the smaller native resolution of the two and then enlarged to the display size, so
+resolution alone does not give a source away.
+
+Two kinds of round share that balance:
+- generation rounds: two samples, questions 'pokemon' and 'novel';
+- translation rounds: an input picture from a translation export's source domain and two translations of
+  it from two hidden sources, questions 'pokemon' and 'faithful'. The sources of a translation group are
+  the translation exports that take the same input domain and, as a reference, the target domain's own
+  picture with the input's file name when the target set has one (the paired official art: for sprites ->
+  artwork that is the same Pokémon drawn by the artists). The input itself is never a side: it would win
+  'faithful' by construction and tell nothing.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -31,6 +39,7 @@ from .inputs import AppInputError, as_text
 
 # translation pairs only ('faithful' needs an input picture)
 GENERATION_QUESTIONS = [q for q in review_db.QUESTIONS if q != "faithful"]
+TRANSLATION_QUESTIONS = ["pokemon", "faithful"]
 
 
 @dataclass
@@ -43,6 +52,26 @@ class ReviewSource:
 
 
 @dataclass
+class TranslationSource:
+    """One side of a translation round: an export's translation of the input, or the paired target picture."""
+    id: str                  # e.g. 'cyclegan:checkpoints/runs/<run>/export', 'real:dreamworld-256'
+    kind: str                # translate | real
+    label: str
+    native_size: int
+    render: Callable[[np.ndarray, str], tuple[np.ndarray, str]]  # (input HWC uint8, input file) -> (image, item)
+    accepts: Callable[[str], bool] = lambda _file: True          # the paired reference exists only for some files
+
+
+@dataclass
+class TranslationGroup:
+    """Translation sources that take the same input domain, and that domain's pictures."""
+    inputs: str                                  # the source-domain dataset's name
+    images: Any                                  # uint8 [N, 3, S, S]
+    files: list[str]
+    sources: list[TranslationSource]
+
+
+@dataclass
 class Pair:
     left: ReviewSource
     right: ReviewSource
@@ -51,6 +80,10 @@ class Pair:
     left_image: Image.Image
     right_image: Image.Image
     shown_at: float = field(default_factory=time.time)
+    kind: str = "generate"                       # generate | translate
+    questions: tuple[str, ...] = tuple(GENERATION_QUESTIONS)
+    input_image: Image.Image | None = None       # translation rounds: the picture both sides translated
+    input_item: str = ""
 
 
 @dataclass
@@ -72,58 +105,99 @@ def _fit(img: np.ndarray, common: int, display: int) -> Image.Image:
 
 
 class ReviewBook:
-    def __init__(self, db_path: str | Path, sources: Callable[[], list[ReviewSource]], display: int = 256):
+    def __init__(self, db_path: str | Path, sources: Callable[[], list[ReviewSource]], display: int = 256,
+                 translations: Callable[[], list[TranslationGroup]] | None = None):
         self.db_path = Path(db_path)
         self._sources = sources
+        self._translations = translations or (lambda: [])
         self.display = display
         self._lock = threading.Lock()
 
     def sources(self) -> list[ReviewSource]:
         return list(self._sources())
 
+    def translation_groups(self) -> list[TranslationGroup]:
+        """Groups that can make a round: at least two sources and at least one input picture."""
+        return [g for g in self._translations() if len(g.sources) >= 2 and len(g.files) > 0]
+
+    def _candidates(self) -> list[tuple]:
+        """Every pair a round may show: ('generate', a, b) and ('translate', a, b, group), sources sorted by id."""
+        gen = [("generate", a, b) for a, b in itertools.combinations(sorted(self.sources(), key=lambda s: s.id), 2)]
+        tr = [("translate", a, b, g) for g in self.translation_groups()
+              for a, b in itertools.combinations(sorted(g.sources, key=lambda s: s.id), 2)
+              if any(a.accepts(f) and b.accepts(f) for f in g.files)]
+        return gen + tr
+
     def start(self, rater: str, rng: random.Random | None = None) -> ReviewSession:
         rater = as_text(rater, "your name", LIMITS.max_rater_chars)
-        if len(self.sources()) < 2:
+        if not self._candidates():
             raise AppInputError("Review needs at least two sources (two engine exports, or one export and its "
-                                "training images); none are available to compare here.")
+                                "training images; for translation rounds two translation exports, or one and "
+                                "the target set's pictures); none are available to compare here.")
         s = ReviewSession(rater=rater)
         if rng is not None:
             s.rng = rng
         self.next_pair(s)
         return s
 
+    @staticmethod
+    def _pair_key(cand: tuple) -> frozenset:
+        return frozenset((cand[1].id, cand[2].id))
+
+    def choose(self, session: ReviewSession, candidates: list[tuple]) -> tuple:
+        """The least-compared pair so far (ties at random), sides flipped by a coin: (kind, left, right, ...)."""
+        least = min(session.pair_counts[self._pair_key(c)] for c in candidates)
+        c = session.rng.choice([c for c in candidates if session.pair_counts[self._pair_key(c)] == least])
+        return c if session.rng.random() < 0.5 else (c[0], c[2], c[1], *c[3:])
+
     def choose_sources(self, session: ReviewSession, sources: list[ReviewSource]) -> tuple[ReviewSource, ReviewSource]:
-        pairs = list(itertools.combinations(sorted(sources, key=lambda s: s.id), 2))
-        least = min(session.pair_counts[frozenset((a.id, b.id))] for a, b in pairs)
-        a, b = session.rng.choice([p for p in pairs if session.pair_counts[frozenset((p[0].id, p[1].id))] == least])
-        return (a, b) if session.rng.random() < 0.5 else (b, a)
+        pairs = [("generate", a, b) for a, b in itertools.combinations(sorted(sources, key=lambda s: s.id), 2)]
+        _, a, b = self.choose(session, pairs)
+        return a, b
 
     def next_pair(self, session: ReviewSession) -> Pair:
-        sources = self.sources()
-        if len(sources) < 2:
+        candidates = self._candidates()
+        if not candidates:
             raise AppInputError("Review needs at least two sources; fewer are available now.")
-        left, right = self.choose_sources(session, sources)
-        li, litem = left.draw(session.rng)
-        ri, ritem = right.draw(session.rng)
-        common = min(li.shape[0], ri.shape[0])
-        session.current = Pair(left, right, litem, ritem, _fit(li, common, self.display),
-                               _fit(ri, common, self.display))
+        kind, left, right, *rest = self.choose(session, candidates)
+        if kind == "generate":
+            li, litem = left.draw(session.rng)
+            ri, ritem = right.draw(session.rng)
+            common = min(li.shape[0], ri.shape[0])
+            session.current = Pair(left, right, litem, ritem, _fit(li, common, self.display),
+                                   _fit(ri, common, self.display))
+        else:
+            session.current = self._translation_pair(session, rest[0], left, right)
         session.pair_counts[frozenset((left.id, right.id))] += 1
         session.rounds += 1
         return session.current
 
+    def _translation_pair(self, session: ReviewSession, group: TranslationGroup, left: TranslationSource,
+                          right: TranslationSource) -> Pair:
+        usable = [i for i, f in enumerate(group.files) if left.accepts(f) and right.accepts(f)]
+        i = session.rng.choice(usable)
+        name = group.files[i]
+        picture = group.images[i].permute(1, 2, 0).numpy()
+        li, litem = left.render(picture, name)
+        ri, ritem = right.render(picture, name)
+        common = min(li.shape[0], ri.shape[0])
+        return Pair(left, right, litem, ritem, _fit(li, common, self.display), _fit(ri, common, self.display),
+                    kind="translate", questions=tuple(TRANSLATION_QUESTIONS),
+                    input_image=_fit(picture, min(common, picture.shape[0]), self.display),
+                    input_item=f"real:{name}")
+
     def submit(self, session: ReviewSession | None, answers: dict[str, str | None]) -> list[int]:
-        """Store one row per question for the pair on screen, then draw the next pair."""
+        """Store one row per question of the pair on screen, then draw the next pair."""
         if session is None or session.current is None:
             raise AppInputError("Enter your name and press Start first.")
+        p = session.current
         clean: dict[str, str] = {}
-        for q in GENERATION_QUESTIONS:
+        for q in p.questions:
             a = answers.get(q)
             a = str(a).strip().lower() if a else ""
             if a not in review_db.ANSWERS:
                 raise AppInputError(f"Answer every question (Left, Right or Tie) — missing: “{review_db.QUESTIONS[q]}”")
             clean[q] = a
-        p = session.current
         ids = [review_db.record(self.db_path, rater=session.rater, session=session.session, question=q,
                                 left_source=p.left.id, right_source=p.right.id, left_item=p.left_item,
                                 right_item=p.right_item, answer=a) for q, a in clean.items()]

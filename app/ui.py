@@ -1,7 +1,8 @@
-"""The Gradio Blocks: tabs Generate, Interpolate, Text-to-image, Review, About.
+"""The Gradio Blocks: tabs Generate, Interpolate, Translate, Text-to-image, Review, About.
 
 Handlers are thin: they check nothing themselves beyond picking the export, call the UI-free modules
-(``app.gan``, ``app.sd_pokemon``, ``app.review_book``) and turn user errors into ``gr.Error`` messages.
+(``app.gan``, ``app.translate``, ``app.sd_pokemon``, ``app.review_book``) and turn user errors into
+``gr.Error`` messages.
 Every public endpoint has an ``api_name`` (see docs/app.md) so scripts and tests use the same paths.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -21,10 +23,11 @@ from engines.errors import USER_ERRORS
 from engines.review import QUESTIONS, ReviewDBError
 
 from . import gan
+from . import translate as tr
 from .appconfig import LIMITS, AppConfig
-from .exports import ExportCatalog, ExportEntry
+from .exports import ExportCatalog, ExportEntry, RealSet
 from .inputs import AppInputError
-from .review_book import ReviewBook, ReviewSession, ReviewSource
+from .review_book import ReviewBook, ReviewSession, ReviewSource, TranslationGroup, TranslationSource
 from .sd_pokemon import SDPokemon, SDUnavailable, overlay
 
 log = logging.getLogger("pokelab.app")
@@ -35,8 +38,9 @@ ANSWER_CHOICES = ["Left", "Right", "Tie"]
 HEADER = """
 <div class="pl-header">
   <h1>pokelab</h1>
-  <p>GANs trained on a few hundred Pokémon: make new creatures, walk between them, prompt a
-  Stable Diffusion fine-tune and see where each word looks, then judge them blind.</p>
+  <p>GANs trained on a few hundred Pokémon: make new creatures, walk between them, turn your own
+  pictures into Pokémon style, prompt a Stable Diffusion fine-tune and see where each word looks, then
+  judge them blind.</p>
 </div>
 """
 
@@ -48,9 +52,34 @@ CSS = """
 .pl-empty {border: 1px dashed var(--border-color-primary); border-radius: 10px; padding: 14px 18px;}
 .pl-facts {font-size: 0.88rem;}
 .pl-review-img img {image-rendering: auto;}
+.pl-fill img {width: 100%; height: 100%; object-fit: contain;}
 #about-md th, #about-md td:not(:last-child) {white-space: nowrap;}
 footer {display: none !important;}
 """
+
+
+def picture_upload(**kw) -> gr.Image:
+    """A gr.Image input whose upload reaches the handler as a path, undecoded: ``app.translate`` checks its
+    size, pixel count and content itself, with the app's limits and messages (gr.Image opens it with PIL
+    first and fails on a broken file with PIL's words). The instance's ``preprocess`` is replaced rather
+    than subclassed because gradio writes a .pyi stub next to the source of every component subclass."""
+    comp = gr.Image(type="filepath", image_mode=None, **kw)
+    plain = comp.preprocess
+
+    def preprocess(payload):
+        if payload is None or (payload.url or "").startswith("data:"):
+            return plain(payload)
+        return str(payload.path)
+
+    comp.preprocess = preprocess
+    return comp
+
+
+def engine_picture(label: str, elem_id: str, download: bool = False, visible: bool = True) -> gr.Image:
+    """An output picture of the Translate tab: small engine pictures fill their box, enlarged without smoothing."""
+    return gr.Image(label=label, elem_id=elem_id, format="png", interactive=False, height=256,
+                    elem_classes=["pl-pixel", "pl-fill"], visible=visible,
+                    buttons=["download", "fullscreen"] if download else ["fullscreen"])
 
 
 def handle_errors(fn):
@@ -99,7 +128,9 @@ class PokelabApp:
         self.sd = SDPokemon(cfg.sd_model, device=cfg.device)
         self.out = gan.OutputDir(Path(tempfile.gettempdir()) / "pokelab-app" / str(os.getpid()))
         self.sd_review = {"steps": 25, "guidance": 7.5, "size": 512}   # SD samples shown in the review
-        self.book = ReviewBook(cfg.review_db, self.review_sources)
+        self.review_notes: list[str] | None = None  # why translation rounds are off (set by review_translations)
+        self.book = ReviewBook(cfg.review_db, self.review_sources, translations=self.review_translations)
+        self.examples = self.translation_examples()
         self.demo = self.build()
 
     # ---- review sources ---------------------------------------------------------------------------
@@ -131,6 +162,90 @@ class PokelabApp:
                 log.warning("Stable Diffusion left out of the review: %s", e)
         return out
 
+    def review_translations(self) -> list[TranslationGroup]:
+        """Translation rounds: per input domain, the translation exports that take it, plus the target set's
+        picture of the same file name as a paired reference. Groups with fewer than two sources, or whose
+        input pictures are not on this machine, are left out and ``review_notes`` says why."""
+        notes: list[str] = []
+        by_input: dict[str, list[ExportEntry]] = {}
+        for e in self.catalog.translators():
+            name = str(e.source_dataset.get("name") or "")
+            if not name:
+                notes.append(f"{e.key}: the export does not record its input set")
+                continue
+            by_input.setdefault(name, []).append(e)
+        groups = []
+        for name, entries in by_input.items():
+            size = max(e.image_size for e in entries)
+            inputs, problem = None, ""
+            for e in entries:
+                inputs = self.catalog.real_set(e, size=size, role="source")
+                if inputs is not None:
+                    break
+                problem = self.catalog.real_set_problem(e, size=size, role="source")
+            if inputs is None or not inputs.files:
+                notes.append(f"no translation rounds from {name}: {problem or 'its pictures have no file names'}")
+                continue
+            sources = [TranslationSource(e.source_id, "translate", e.label(), e.image_size,
+                                         functools.partial(self._render_translation, e.key)) for e in entries]
+            seen: set[str] = set()
+            for e in entries:
+                target = str(e.dataset.get("name") or "")
+                if not target or target in seen:
+                    continue
+                seen.add(target)
+                rs = self.catalog.real_set(e, size=size)
+                index = {f: i for i, f in enumerate(rs.files)} if rs is not None else {}
+                if any(f in index for f in inputs.files):
+                    sources.append(TranslationSource(f"real:{rs.name}", "real", f"{rs.name}: the picture with the "
+                                                     "input's file name", size,
+                                                     functools.partial(self._render_paired, rs, index),
+                                                     accepts=index.__contains__))
+            if len(sources) < 2:
+                notes.append(f"no translation rounds from {name}: one translation export ({entries[0].key}) and "
+                             "no target picture shares a file name with its inputs; a second translation export "
+                             "of the same input set would make a pair")
+                continue
+            groups.append(TranslationGroup(name, inputs.images, inputs.files, sources))
+        self.review_notes = notes
+        return groups
+
+    def _render_translation(self, key: str, picture: np.ndarray, file: str):
+        eng = self.catalog.engine(key)
+        size = int(eng.image_size)
+        if picture.shape[0] != size:  # the group's inputs are loaded at its largest export size
+            from PIL import Image
+
+            picture = np.asarray(Image.fromarray(picture).resize((size, size), Image.Resampling.LANCZOS))
+        return tr.translate_picture(eng, picture, "AB", extras=False).output, f"input:{file}"
+
+    @staticmethod
+    def _render_paired(rs: RealSet, index: dict[str, int], _picture: np.ndarray, file: str):
+        return rs.images[index[file]].permute(1, 2, 0).numpy(), f"real:{file}"
+
+    def translation_examples(self, per_set: int = 6) -> list[tuple[str, list[str]]]:
+        """A few pictures of each translation export's input set, when it is a folder of images on this
+        machine (listed, not decoded: start-up stays quick), spread over the set."""
+        from engines.data import IMAGE_EXTENSIONS, natural_key
+
+        out: list[tuple[str, list[str]]] = []
+        seen: set[str] = set()
+        for e in self.catalog.translators():
+            name = str(e.source_dataset.get("name") or "")
+            path = self.catalog.dataset_path(e, "source") if name else None
+            if not name or name in seen or path is None or not path.is_dir():
+                continue
+            seen.add(name)
+            try:
+                files = sorted((f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()),
+                               key=lambda f: natural_key(f.name))
+            except OSError:
+                continue
+            if files:
+                step = max(1, len(files) // per_set)
+                out.append((name, [str(f) for f in files[::step][:per_set]]))
+        return out
+
     def _draw_engine(self, key: str, rng: random.Random):
         seed = rng.randrange(2**31)
         imgs, _ = gan.generate(self.catalog.engine(key), seed, 1)
@@ -155,21 +270,36 @@ class PokelabApp:
     def export_summary(self, key: str | None) -> str:
         if not key or key not in self.catalog.entries:
             return ""
-        f = self.catalog.entries[key].facts()
+        entry = self.catalog.entries[key]
+        f = entry.facts()
         bits = [f"**{f['engine']}**", f"{f['image_size']} px"]
         if f["epochs"] is not None:
             bits.append(f"{f['epochs']} epochs")
+        if entry.kind == "translate":
+            a, b = entry.domain_names()
+            bits.append(f"*{a}* → *{b}*")
+            bits.append("both directions" if "BA" in entry.directions else "one direction")
+            if entry.has_attention:
+                bits.append("attention maps")
+            return " · ".join(bits)
         if f["dataset"]:
             bits.append(f"on *{f['dataset']}*" + (f" ({f['images']} images)" if f["images"] else ""))
         if f["supports"]:
             bits.append("supports " + ", ".join(f["supports"]))
         return " · ".join(bits)
 
-    def empty_state(self) -> str:
+    def empty_state(self, kind: str = "generate") -> str:
         roots = "\n".join(f"- `{r}`" for r in self.catalog.roots) or "- (none)"
         probs = "".join(f"\n- {p}" for p in self.catalog.problems[:8])
-        return ("### No engine exports found\n"
-                "Nothing to sample from yet. Train an engine (`pokelab train dcgan --data DATA`) or copy an "
+        if kind == "translate":
+            head, what, train = ("No translation exports found" if self.catalog.entries else "No engine exports found",
+                                 "Nothing to translate with yet",
+                                 "`pokelab train cyclegan --source DIR_A --target DIR_B`")
+        else:
+            head, what, train = ("No generation exports found" if self.catalog.entries else "No engine exports found",
+                                 "Nothing to sample from yet", "`pokelab train dcgan --data DATA`")
+        return (f"### {head}\n"
+                f"{what}. Train an engine ({train}) or copy an "
                 "export folder (config.json + model.safetensors), then start the app with "
                 "`--checkpoints DIR`. Looked in:\n" + roots
                 + (f"\n\nCould not read:{probs}" if probs else ""))
@@ -185,6 +315,8 @@ class PokelabApp:
             for e in entries:
                 f = e.facts()
                 ds = (f["dataset"] or "?") + (f" ({f['images']} images)" if f["images"] else "")
+                if e.kind == "translate":
+                    ds = " → ".join(e.domain_names())
                 how = []
                 if f["batch_size"]:
                     how.append(f"batch {f['batch_size']}")
@@ -208,7 +340,8 @@ class PokelabApp:
             rev = f"review database unreadable: {e}"
         lines += ["", "### Also here",
                   f"- **Text-to-image:** `{self.cfg.sd_model}` — {self.sd.status()}",
-                  f"- **Blind review:** {rev}",
+                  f"- **Blind review:** {rev}"
+                  + (f" · {self.review_note_text()}" if self.catalog.translators() else ""),
                   f"- **Device:** `{self.cfg.device}` · novelty lookups "
                   + ("on (engines.metrics, Inception pool3 nearest neighbour)" if self.cfg.novelty else "off"),
                   "", "Sampling is seeded: image *i* of a grid started at seed *s* is the image of seed *s + i*, "
@@ -275,6 +408,37 @@ class PokelabApp:
         entry = self.catalog.generator(key)
         return gan.style_mix(self.catalog.engine(entry.key), row_seeds, col_seeds, crossover, self._psi(entry, psi))
 
+    # ---- handlers: translate ----------------------------------------------------------------------------------
+    def direction_choices(self, entry: ExportEntry | None) -> list[tuple[str, str]]:
+        """Both values always (the API may pick any export); the labels name the export's domains."""
+        a, b = entry.domain_names() if entry is not None else ("A", "B")
+        return [(f"{a} → {b}", "AB"), (f"{b} → {a}", "BA")]
+
+    def translate(self, upload, key, direction, remove_bg, rembg_model, progress=gr.Progress()):
+        entry = self.catalog.translator(key)
+        eng = self.catalog.engine(entry.key)
+        session = None
+        if remove_bg:
+            progress(0.1, desc="loading the rembg model (the first use of a named model downloads it)")
+            session = tr.rembg_session(rembg_model, self.cfg.rembg_model_path)
+        t0 = time.perf_counter()
+        res = tr.translate_upload(eng, upload, direction, tr.input_background(entry), session)
+        ms = (time.perf_counter() - t0) * 1000
+        stem = Path(str(upload)).stem if isinstance(upload, (str, os.PathLike)) else "upload"
+        f = tr.write_pngs(res, self.out.new(), f"{entry.key}-{stem}")
+        info = f"**{entry.engine_name}** ({entry.trained.get('epochs', '?')} epochs) · {tr.describe(res, entry, ms)}"
+        return (f["input"], f["output"], f["reconstruction"], f["attention"], f["attention_map"], f["output"], info)
+
+    def on_trans_export_change(self, key):
+        entry = self.catalog.entries.get(key)
+        dirs = entry.directions if entry is not None else ()
+        att = entry is not None and entry.has_attention
+        return (self.export_summary(key),
+                gr.update(choices=self.direction_choices(entry), value="AB", visible=len(dirs) > 1),
+                gr.update(value=None), gr.update(value=None),
+                gr.update(value=None, visible="BA" in dirs), gr.update(visible=att),
+                gr.update(value=None), gr.update(value=None), gr.update(value=None), "")
+
     # ---- handlers: text-to-image ---------------------------------------------------------------------------
     def _sd_progress(self, progress):
         def cb(i, n):
@@ -319,16 +483,38 @@ class PokelabApp:
 
     # ---- handlers: review ---------------------------------------------------------------------------------
     def _review_view(self, s: ReviewSession):
+        """(session, left, right, progress, pokemon, novel, panel, input, faithful) as plain values, so API
+        callers get pictures and None, not component updates; ``review_layout`` then shows the input and
+        the 'faithful' question instead of 'novel' in a translation round."""
         p = s.current
-        return (s, p.left_image, p.right_image,
-                f"**{s.rater}** · pair {s.rounds} · {s.answers} answer(s) saved this session",
-                None, None, gr.update(visible=True))
+        progress = f"**{s.rater}** · pair {s.rounds} · {s.answers} answer(s) saved this session"
+        if p.kind == "translate":
+            progress += " · both pictures are made from the input on the left"
+        return (s, p.left_image, p.right_image, progress, None, None, gr.update(visible=True), p.input_image, None)
+
+    def review_layout(self, s: ReviewSession | None):
+        """Which question and whether the input picture show for the round on screen (a page-only event)."""
+        tr_round = s is not None and s.current is not None and s.current.kind == "translate"
+        return (gr.update(visible=not tr_round), gr.update(visible=tr_round), gr.update(visible=tr_round),
+                self.review_note_md())
+
+    def review_note_text(self) -> str:
+        if self.review_notes is None:
+            return "translation rounds: decided when a review starts"
+        if not self.review_notes:
+            return "translation rounds: on"
+        return "translation rounds: " + "; ".join(self.review_notes)
+
+    def review_note_md(self) -> str:
+        """Shown under the Review intro once a session started, when translation rounds are (partly) off."""
+        text = self.review_note_text()
+        return f"*{text[0].upper()}{text[1:]}.*" if self.review_notes else ""
 
     def review_start(self, rater, _session):
         return self._review_view(self.book.start(rater))
 
-    def review_answer(self, pokemon, novel, session):
-        self.book.submit(session, {"pokemon": pokemon, "novel": novel})
+    def review_answer(self, pokemon, novel, session, faithful=None):
+        self.book.submit(session, {"pokemon": pokemon, "novel": novel, "faithful": faithful})
         return self._review_view(session)
 
     def review_skip(self, session):
@@ -343,6 +529,12 @@ class PokelabApp:
         keys = [(e.label(), e.key) for e in gens]
         first = gens[0].key if gens else None
         first_sup = gens[0].supports if gens else set()
+        trans = self.catalog.translators()
+        tkeys = [(e.label(), e.key) for e in trans]
+        tfirst = trans[0] if trans else None
+        rembg_choices = list(tr.REMBG_CHOICES)
+        if self.cfg.rembg_model_path is not None:
+            rembg_choices.insert(0, (f"model file {Path(self.cfg.rembg_model_path).name}", tr.CUSTOM_MODEL))
         L = LIMITS
         h = handle_errors
 
@@ -436,6 +628,45 @@ class PokelabApp:
                                     i_info = gr.Markdown(elem_id="interp-info")
                                     i_files = gr.File(label="MP4", interactive=False, visible=False)
 
+                # ---------------- Translate ----------------
+                with gr.Tab("Translate", id="translate"):
+                    if not trans:
+                        gr.Markdown(self.empty_state("translate"), elem_classes="pl-empty")
+                    with gr.Row(visible=bool(trans)):
+                        with gr.Column(scale=1, min_width=280):
+                            x_upload = picture_upload(label="Your picture", sources=["upload", "clipboard"], height=220,
+                                                      elem_id="tr-upload", elem_classes=["pl-pixel", "pl-fill"])
+                            x_export = gr.Dropdown(tkeys, value=tfirst.key if tfirst else None,
+                                                   label="Translation export", elem_id="tr-export")
+                            x_facts = gr.Markdown(self.export_summary(tfirst.key if tfirst else None),
+                                                  elem_classes="pl-facts")
+                            x_dir = gr.Radio(self.direction_choices(tfirst), value="AB", label="Direction",
+                                             visible=tfirst is not None and len(tfirst.directions) > 1)
+                            x_rembg = gr.Checkbox(False, label="Remove background (rembg)",
+                                                  info="cut the subject out first; pictures with their own "
+                                                       "transparency keep it")
+                            x_model = gr.Dropdown(rembg_choices, value=tr.CUSTOM_MODEL if self.cfg.rembg_model_path
+                                                  else tr.REMBG_CHOICES[0], label="rembg model",
+                                                  allow_custom_value=True, visible=False,
+                                                  info="a named model is downloaded by rembg on first use")
+                            x_btn = gr.Button("Translate", variant="primary", elem_id="tr-btn")
+                        with gr.Column(scale=3):
+                            with gr.Row(equal_height=True):
+                                x_in = engine_picture("Engine input", "tr-input")
+                                x_out = engine_picture("Output", "tr-output", download=True)
+                                x_rec = engine_picture("Reconstruction", "tr-rec",
+                                                 visible=tfirst is not None and "BA" in tfirst.directions)
+                            with gr.Row(equal_height=True,
+                                        visible=tfirst is not None and tfirst.has_attention) as x_att_row:
+                                x_att = engine_picture("Attention (CAM) on the input", "tr-attention")
+                                x_map = engine_picture("Attention map", "tr-attention-map")
+                            x_info = gr.Markdown(elem_id="tr-info")
+                            x_file = gr.File(label="Output as PNG (the engine's size, lossless)", interactive=False,
+                                             elem_id="tr-file")
+                    for name, files in self.examples:
+                        gr.Examples([[f] for f in files], inputs=[x_upload], label=f"Pictures of {name} (an input set)",
+                                    examples_per_page=len(files))
+
                 # ---------------- Text-to-image ----------------
                 with gr.Tab("Text-to-image", id="txt2img"):
                     t_status = gr.Markdown(self.sd_status())
@@ -484,7 +715,10 @@ class PokelabApp:
                 with gr.Tab("Review", id="review"):
                     gr.Markdown("Two pictures from two hidden sources — engines, Stable Diffusion or real training "
                                 "images. Answer both questions for each pair; your answers are stored with your name. "
-                                "Which source made which picture is never shown.")
+                                "Which source made which picture is never shown. In a translation round an input "
+                                "picture comes first and both pictures are made from it (by a translation engine, "
+                                "or the real artwork of the same name).")
+                    r_note = gr.Markdown(elem_id="review-note")
                     with gr.Row():
                         r_name = gr.Textbox(label="Your name", elem_id="review-name", max_length=L.max_rater_chars, scale=3)
                         r_start = gr.Button("Start", variant="primary", scale=1, elem_id="review-start")
@@ -492,6 +726,9 @@ class PokelabApp:
                     with gr.Column(visible=False) as r_panel:
                         r_progress = gr.Markdown(elem_id="review-progress")
                         with gr.Row(equal_height=True):
+                            r_input = gr.Image(label="Input", elem_id="review-input", format="png", interactive=False,
+                                               height=300, elem_classes="pl-review-img", buttons=["fullscreen"],
+                                               visible=False)
                             r_left = gr.Image(label="Left", elem_id="review-left", format="png", interactive=False, height=300,
                                               elem_classes="pl-review-img", buttons=["fullscreen"])
                             r_right = gr.Image(label="Right", elem_id="review-right", format="png", interactive=False, height=300,
@@ -499,6 +736,8 @@ class PokelabApp:
                         with gr.Row():
                             r_q1 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["pokemon"], elem_id="review-q-pokemon")
                             r_q2 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["novel"], elem_id="review-q-novel")
+                            r_q3 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["faithful"], elem_id="review-q-faithful",
+                                            visible=False)
                         with gr.Row():
                             r_submit = gr.Button("Submit and next", variant="primary", elem_id="review-submit")
                             r_skip = gr.Button("Skip this pair")
@@ -554,11 +793,21 @@ class PokelabApp:
                                 [t_strip, t_gif, t_status], api_name="sd_interpolate_prompts",
                                 concurrency_limit=1, concurrency_id="sd")
 
-            review_out = [r_session, r_left, r_right, r_progress, r_q1, r_q2, r_panel]
-            r_start.click(h(self.review_start), [r_name, r_session], review_out, api_name="review_start")
-            r_name.submit(h(self.review_start), [r_name, r_session], review_out, **priv)
-            r_submit.click(h(self.review_answer), [r_q1, r_q2, r_session], review_out, api_name="review_answer")
-            r_skip.click(h(self.review_skip), [r_session], review_out, api_name="review_skip")
+            x_export.change(h(self.on_trans_export_change), x_export,
+                            [x_facts, x_dir, x_in, x_out, x_rec, x_att_row, x_att, x_map, x_file, x_info], **priv)
+            x_rembg.change(lambda on: gr.update(visible=bool(on)), x_rembg, x_model, **priv)
+            x_btn.click(h(self.translate), [x_upload, x_export, x_dir, x_rembg, x_model],
+                        [x_in, x_out, x_rec, x_att, x_map, x_file, x_info], api_name="translate")
+
+            review_out = [r_session, r_left, r_right, r_progress, r_q1, r_q2, r_panel, r_input, r_q3]
+            layout = (self.review_layout, r_session, [r_q2, r_q3, r_input, r_note])
+            r_start.click(h(self.review_start), [r_name, r_session], review_out, api_name="review_start").success(
+                *layout, **priv)
+            r_name.submit(h(self.review_start), [r_name, r_session], review_out, **priv).success(*layout, **priv)
+            # 'faithful' last and optional, so two-answer callers of the generation rounds keep working
+            r_submit.click(h(self.review_answer), [r_q1, r_q2, r_session, r_q3], review_out,
+                           api_name="review_answer").success(*layout, **priv)
+            r_skip.click(h(self.review_skip), [r_session], review_out, api_name="review_skip").success(*layout, **priv)
 
             demo.load(lambda: (self.about_markdown(), self.sd_status()),
                       None, [a_md, t_status], **priv)
@@ -582,8 +831,10 @@ class PokelabApp:
         theme = gr.themes.Soft(primary_hue="red", secondary_hue="amber", neutral_hue="slate",
                                font=["ui-sans-serif", "system-ui", "sans-serif"],
                                font_mono=["ui-monospace", "Consolas", "monospace"])
+        examples = [f for _, files in self.examples for f in files]  # those files only, not their folders
         opts = dict(server_name=self.cfg.host, server_port=self.cfg.port, share=self.cfg.share, show_error=True,
-                    theme=theme, css=CSS, allowed_paths=[str(self.out.root)], footer_links=[])
+                    theme=theme, css=CSS, allowed_paths=[str(self.out.root), *examples], footer_links=[],
+                    max_file_size=LIMITS.max_upload_bytes)
         opts.update(kw)
         return self.demo.launch(**opts)
 

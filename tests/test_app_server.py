@@ -123,9 +123,10 @@ def test_review_round_trip_survives_a_restart(app, setup_dirs):
     root, _ = setup_dirs
     db = root / "review.sqlite"
     client = app.new_client()
-    left, right, progress, q1, q2 = client.predict("Rita", api_name="/review_start")
+    left, right, progress, q1, q2, inp, q3 = client.predict("Rita", api_name="/review_start")
     assert Image.open(left).size == Image.open(right).size == (256, 256)
     assert "Rita" in progress and q1 is None and q2 is None
+    assert inp is None and q3 is None                        # no translation exports: generation rounds only
     shown = [progress]
     with pytest.raises(AppError, match="Answer every question"):
         client.predict("Left", None, api_name="/review_answer")
