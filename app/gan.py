@@ -145,6 +145,20 @@ class OutputDir:
                 pass  # another request removing the same folder
 
 
+def write_pngs(pictures, out: Path, names: list[str]) -> list[str]:
+    """Pictures (HWC uint8 arrays or PIL images) as lossless PNG files in ``out`` (one folder per request).
+    The page is given files rather than arrays: Gradio caches an array under a name made from its content
+    and rewrites that file in place, so two requests showing the same picture at the same moment (two raters
+    drawn the same real Pokémon, two users asking for the same seed) could read each other's half-written
+    file; files handed over are copied into its cache atomically."""
+    paths = []
+    for pic, name in zip(pictures, names):
+        path = Path(out) / f"{name}.png"
+        atomic_write_bytes(path, png_bytes(np.asarray(pic)))
+        paths.append(str(path))
+    return paths
+
+
 def write_grid(images: torch.Tensor, seeds: list[int], out: Path, stem: str) -> str:
     """The grid as one lossless PNG named by its seeds (single images: the gallery's own buttons)."""
     grid = out / f"{stem}-seeds{seeds[0]}-{seeds[-1]}-grid.png"

@@ -191,21 +191,17 @@ def write_output(res: Translation, out_dir: Path, stem: str) -> str:
 
 
 def write_pngs(res: Translation, out_dir: Path, stem: str) -> dict[str, str | None]:
-    """Every picture of ``res`` as a lossless PNG in ``out_dir`` (one folder per request), None where absent.
-    The page is given these files rather than arrays: Gradio caches an array under a name made from its
-    content and rewrites that file in place, so two requests with the same picture at the same time (two
-    people clicking the same example) could each read the other's half-written file; files handed over
-    are copied into its cache atomically."""
+    """Every picture of ``res`` as a lossless PNG in ``out_dir`` (one folder per request), None where absent
+    (files, not arrays: see ``app.gan.write_pngs``)."""
+    from .gan import write_pngs as write_files
+
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "translation"
-    out: dict[str, str | None] = {}
-    for name, img in (("input", res.input), ("output", res.output), ("reconstruction", res.reconstruction),
-                      ("attention", res.attention_overlay), ("attention_map", res.attention_map)):
-        if img is None:
-            out[name] = None
-            continue
-        path = Path(out_dir) / (f"{safe}-{res.direction}.png" if name == "output" else f"{safe}-{name}.png")
-        atomic_write_bytes(path, png_bytes(img))
-        out[name] = str(path)
+    pics = {"input": res.input, "output": res.output, "reconstruction": res.reconstruction,
+            "attention": res.attention_overlay, "attention_map": res.attention_map}
+    present = [k for k, v in pics.items() if v is not None]
+    names = [f"{safe}-{res.direction}" if k == "output" else f"{safe}-{k}" for k in present]
+    out: dict[str, str | None] = dict.fromkeys(pics)
+    out.update(zip(present, write_files([pics[k] for k in present], out_dir, names)))
     return out
 
 

@@ -357,7 +357,8 @@ class PokelabApp:
         eng = self.catalog.engine(entry.key)  # a grid takes milliseconds: progress only for novelty
         imgs, seeds = gan.generate(eng, seed, count, self._psi(entry, psi))
         grid = gan.write_grid(imgs, seeds, self.out.new(), entry.key)
-        gallery = [(a, f"seed {s}") for a, s in zip(_hwc(imgs), seeds)]
+        files = gan.write_pngs(_hwc(imgs), self.out.new(), [f"seed-{s}" for s in seeds])
+        gallery = [(f, f"seed {s}") for f, s in zip(files, seeds)]
         pairs, summary = [], ""
         if novelty:
             if not self.cfg.novelty:
@@ -490,7 +491,12 @@ class PokelabApp:
         progress = f"**{s.rater}** · pair {s.rounds} · {s.answers} answer(s) saved this session"
         if p.kind == "translate":
             progress += " · both pictures are made from the input on the left"
-        return (s, p.left_image, p.right_image, progress, None, None, gr.update(visible=True), p.input_image, None)
+        # files, not arrays (see gan.write_pngs); neutral names, so nothing in a URL tells the sources apart
+        pics = [x for x in (p.left_image, p.right_image, p.input_image) if x is not None]
+        files = gan.write_pngs(pics, self.out.new(), ["left", "right", "input"][:len(pics)])
+        left, right = files[0], files[1]
+        inp = files[2] if p.input_image is not None else None
+        return (s, left, right, progress, None, None, gr.update(visible=True), inp, None)
 
     def review_layout(self, s: ReviewSession | None):
         """Which question and whether the input picture show for the round on screen (a page-only event)."""

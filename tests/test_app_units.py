@@ -376,3 +376,15 @@ def test_sd_unavailable_is_explained_and_remembered(tmp_path):
                                                       "unet": ["diffusers", "UNet2DConditionModel"]}))
     with pytest.raises(SDUnavailable, match="could not be loaded"):
         SDPokemon(str(bad)).pipeline()
+
+
+def test_pictures_reach_the_page_as_lossless_files(tmp_path):
+    """Gradio rewrites an array's cache file in place; the app hands over its own PNG files instead."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(2)]
+    pil = Image.fromarray(arrays[1])
+    paths = gan.write_pngs([arrays[0], pil], tmp_path, ["seed-1", "left"])
+    assert [Path(p).name for p in paths] == ["seed-1.png", "left.png"]
+    for p, a in zip(paths, arrays):
+        assert np.array_equal(np.asarray(Image.open(p)), a)
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically, nothing left over
