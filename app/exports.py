@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.export import ExportError, read_export_config, resolve_export_dir
-from engines.runs import RunFormatError, is_run_dir, read_info
+from engines.runs import is_run_dir
 
 from .appconfig import REPO_ROOT
 from .inputs import AppInputError
@@ -30,7 +30,6 @@ class ExportEntry:
     key: str                 # unique short name (the dropdown value)
     path: Path               # the export folder (resolved)
     config: dict[str, Any]   # its config.json
-    _run_source: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def engine_name(self) -> str:
@@ -65,21 +64,8 @@ class ExportEntry:
 
     @property
     def source_dataset(self) -> dict[str, Any]:
-        """A translation engine's input domain A: the export's ``trained.source_dataset``; for exports
-        written before the trainer recorded it, the first dataset of the run the export belongs to."""
-        if self.kind != "translate":
-            return {}
-        d = self.trained.get("source_dataset")
-        if not d and isinstance(self.trained.get("dataset"), list) and len(self.trained["dataset"]) > 1:
-            d = self.trained["dataset"][0]
-        if not d and self.path.name == "export" and is_run_dir(self.path.parent):
-            if self._run_source is None:
-                try:
-                    ds = read_info(self.path.parent).get("dataset")
-                    self._run_source = ds[0] if isinstance(ds, list) and len(ds) > 1 else {}
-                except (RunFormatError, OSError, ValueError):
-                    self._run_source = {}
-            d = self._run_source
+        """A translation engine's input domain A (the export's ``trained.source_dataset``)."""
+        d = self.trained.get("source_dataset") if self.kind == "translate" else None
         return d if isinstance(d, dict) else {}
 
     @property
