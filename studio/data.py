@@ -879,6 +879,20 @@ def _lpips_verdict(run: Run) -> dict[str, str] | None:
     return {"topic": "LPIPS", "level": level, "text": "; ".join(parts)}
 
 
+def _baseline_verdict(run: Run) -> dict[str, str] | None:
+    """The outputs' FID against the untranslated inputs' FID (``fid_input``, the same target set and sample
+    count): a translator whose outputs look less like the target domain than its inputs did has made things
+    worse, whatever the absolute level."""
+    f, fx = last_value(run, "evals", "fid")
+    base, _ = last_value(run, "evals", "fid_input")
+    if f is None or base is None:
+        return None
+    better = f < base
+    return {"topic": "vs. doing nothing", "level": "ok" if better else "warn",
+            "text": f"FID of the outputs {f:.1f} at {run.x_unit} {fmt_x(fx)}, of the untranslated inputs {base:.1f}"
+                    + ("" if better else ": the outputs look less like the target set than the inputs do")}
+
+
 def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str, str]]:
     """Short judgement lines: FID, collapse, D balance; for translation runs the collapse line is replaced by
     "input kept" (``grid_check``: ``studio.grids.translation_check`` of the latest grid, with its ``x``, or
@@ -927,7 +941,7 @@ def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str
         }[b["state"]]
         out.append({"topic": "D balance", "level": "ok" if b["state"] == "balanced" else "warn", "text": text})
     if run.translate:
-        out += [v for v in (_cycle_verdict(run), _lpips_verdict(run)) if v is not None]
+        out += [v for v in (_cycle_verdict(run), _lpips_verdict(run), _baseline_verdict(run)) if v is not None]
     return out
 
 

@@ -521,3 +521,12 @@ def test_lpips_to_target_is_judged_against_the_untranslated_inputs(tmp_path, bas
     r = _load(write_translation(tmp_path, epochs=20, extra_lines=line))
     (v,) = [v for v in D.verdict(r) if v["topic"] == "LPIPS"]
     assert v["level"] == level and phrase in v["text"] and f"untranslated inputs score {baseline:.3f}" in v["text"]
+
+
+@pytest.mark.parametrize("fid_input, level", [(250.0, "ok"), (120.0, "warn")])
+def test_fid_is_judged_against_the_untranslated_inputs(tmp_path, fid_input, level):
+    line = json.dumps({"kind": "eval", "epoch": 21, "step": 1, "fid": 150.0, "fid_input": fid_input}) + "\n"
+    r = _load(write_translation(tmp_path, epochs=20, extra_lines=line))
+    (v,) = [v for v in D.verdict(r) if v["topic"] == "vs. doing nothing"]
+    assert v["level"] == level and f"untranslated inputs {fid_input:.1f}" in v["text"]
+    assert ("look less like the target set" in v["text"]) == (level == "warn")

@@ -217,7 +217,8 @@ def test_translation_metrics_have_their_known_values_on_an_identity_translator()
     tgt.images, tgt.files = src.images[order].clone(), [src.files[i].split("/")[-1].upper() for i in order]
     i, j = paired_indices(src.files, tgt.files)
     assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (1, 2), (2, 0), (3, 3)]
-    res = evaluate_translation(Identity(48), src, tgt, metrics="lpips,cycle,lpips_target", device="cpu")
+    res = evaluate_translation(Identity(48), src, tgt, metrics="fid,lpips,cycle,lpips_target", device="cpu")
+    assert res["fid"] == pytest.approx(res["fid_input"], abs=1e-6)  # the do-nothing baseline is itself
     assert res["lpips/content"] == pytest.approx(0, abs=1e-6)
     assert res["cycle/A"] == pytest.approx(0, abs=1e-6)
     assert res["lpips/target"] == pytest.approx(0, abs=1e-6) and res["paired_n"] == 4 and res["eval_n"] == 6
@@ -243,7 +244,7 @@ def test_sprite_to_artwork_run_is_evaluated_with_pairs_by_id(tmp_path, capsys, p
     run = next((tmp_path / "runs").iterdir())
     ev = read_metrics(run).eval
     assert len(ev) == 1 and ev[0]["paired_n"] == 6
-    for k in ("fid", "kid", "lpips/content", "cycle/A", "lpips/target"):
+    for k in ("fid", "kid", "fid_input", "kid_input", "lpips/content", "cycle/A", "lpips/target"):
         assert math.isfinite(ev[0][k]) and ev[0][k] >= 0, k
     capsys.readouterr()
     # the recorded source and target are the defaults; same numbers as the trainer's evaluation

@@ -1,8 +1,9 @@
 """Metrics of an image-to-image translation engine (docs/metrics.md, "Translation").
 
 Every source picture is translated A -> B (up to ``n``), then:
-- ``fid``, ``kid`` (+ ``kid_std``): the translated outputs against the target set — does it look like the
-  target domain? (the same code path and cached real statistics as generation);
+- ``fid``, ``kid`` (+ ``kid_std``): the translated outputs against the target set — does it look like the target domain?
+  (the same code path and cached real statistics as generation); ``fid_input``, ``kid_input``: the untranslated
+  inputs against the same set, the do-nothing baseline (computed once per source/target pair and cached);
 - ``lpips/content``: mean LPIPS between each input and its output — how much of the input was changed
   (lower keeps more of the picture; 0 would be the identity, so read it together with FID);
 - ``cycle/A``: mean L1 (in [-1, 1] units) between each input and its A -> B -> A reconstruction, for
@@ -15,6 +16,7 @@ Every source picture is translated A -> B (up to ``n``), then:
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from pathlib import PurePath
@@ -28,6 +30,8 @@ from .inception import as_uint8_rgb, resolve_device
 from .sources import as_image_set, resize_uint8
 
 TRANSLATION_METRICS = ("fid", "kid", "lpips", "cycle", "lpips_target")
+_baseline_lock = threading.Lock()
+_baseline_cache: dict[tuple, dict[str, float]] = {}
 
 
 def parse_translation_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
@@ -49,7 +53,7 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
                          n: int | None = None, batch_size: int = 50, device=None, seed: int = 0,
                          progress: bool = False, **options) -> dict[str, float]:
     """Metrics of ``engine`` (a TranslationEngine) translating ``source`` into the domain of ``target``
-    (PreparedDatasets, image sets or uint8 tensors). Keys: fid, kid, kid_std, lpips/content, cycle/A,
+    (PreparedDatasets, image sets or uint8 tensors). Keys: fid, kid, kid_std, fid_input, kid_input, lpips/content, cycle/A,
     lpips/target, lpips/target_input, paired_n (those asked for and possible), eval_n, eval_seconds."""
     t0 = time.perf_counter()
     metrics = parse_translation_metrics(metrics)
@@ -85,9 +89,21 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
     res: dict[str, float] = {}
     feature_metrics = [m for m in ("fid", "kid") if m in metrics]
     if feature_metrics:
-        batches = (out_u8[s:s + batch_size] for s in range(0, count, batch_size))
-        r = _evaluate(batches, count, tgt, feature_metrics, batch_size, dev, seed, False, opts, None)
-        res.update({k: v for k, v in r.items() if k in ("fid", "kid", "kid_std")})
+        def scores(images: torch.Tensor) -> dict[str, float]:
+            batches = (images[s:s + batch_size] for s in range(0, count, batch_size))
+            r = _evaluate(batches, count, tgt, feature_metrics, batch_size, dev, seed, False, opts, None)
+            return {k: v for k, v in r.items() if k in ("fid", "kid", "kid_std")}
+
+        res.update(scores(out_u8))
+        # the do-nothing baseline (the inputs themselves against the target set), computed once per run
+        key = (getattr(src, "key", None), count, getattr(tgt, "key", None), size, tuple(feature_metrics), seed)
+        with _baseline_lock:
+            base = _baseline_cache.get(key) if key[0] and key[2] else None
+        if base is None:
+            base = scores(inputs)
+            with _baseline_lock:
+                _baseline_cache[key] = base
+        res.update({f"{k}_input": v for k, v in base.items() if k != "kid_std"})
     if "lpips" in metrics:
         from .perceptual import lpips_distance
 
