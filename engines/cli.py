@@ -1,4 +1,4 @@
-"""``pokelab`` command line: train, sample, interpolate, gif, data, eval, engines."""
+"""``pokelab`` command line: train, sample, interpolate, translate, gif, data, eval, engines."""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +95,43 @@ def _interpolate(args) -> int:
     return 0
 
 
+def _translate(args) -> int:
+    """Every picture of INPUTS through a translation export, written as PNGs under --out with the same names."""
+    from pathlib import PurePosixPath
+
+    from tqdm.auto import tqdm
+
+    from .data import load_dataset
+    from .export import load_export
+    from .images import png_bytes, to_uint8
+    from .runs import atomic_write_bytes
+
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    engine = load_export(args.target, device=_device(args.device))
+    if getattr(engine, "kind", "generate") != "translate":
+        raise ValueError(f"{args.target}: engine {engine.name!r} generates images; `pokelab translate` needs a "
+                         "translation export (use `pokelab sample` for generators)")
+    direction = engine.check_direction(args.direction)  # a clear error before the pictures are read
+    # the training pipeline's preparation (pad to a square, never crop; optional rembg), at the engine's size
+    pics = load_dataset(args.inputs, size=engine.image_size, background=args.background,
+                        progress=args.progress, remove_background=args.remove_background or None,
+                        **({"rembg_model": args.rembg_model} if args.rembg_model else {}))
+    out = Path(args.out)
+    written = 0
+    with tqdm(total=len(pics.images), unit="img", desc=f"translating {direction}", disable=not args.progress) as bar:
+        for s in range(0, len(pics.images), args.batch_size):
+            y = to_uint8(engine.translate(pics.images[s:s + args.batch_size], direction)).cpu()
+            for name, img in zip(pics.files[s:s + args.batch_size], y):
+                rel = PurePosixPath(name).with_suffix(".png")
+                atomic_write_bytes(out / rel, png_bytes(img.permute(1, 2, 0).numpy()))
+                written += 1
+            bar.update(len(y))
+    print(f"translated {written} picture(s) {direction} with {engine.name} ({engine.image_size} px) into {out}"
+          + (f"; skipped {len(pics.skipped)} unreadable file(s)" if pics.skipped else ""))
+    return 0
+
+
 def _gif(args) -> int:
     from .timeline import write_timeline_gif
 
@@ -155,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", default="walk.gif")
     i.add_argument("--device", default="auto")
     i.set_defaults(func=_interpolate)
+
+    tr = sub.add_parser("translate", help="translate a folder of pictures with a translation export or run")
+    tr.add_argument("target", help="translation export folder or run folder")
+    tr.add_argument("inputs", help="pictures: folder, .zip/.tar(.gz) or prepared dataset")
+    tr.add_argument("--out", required=True, help="folder for the translated PNGs (same names as the inputs)")
+    tr.add_argument("--direction", default="AB", help="AB (source -> target, default) or BA where the engine has it")
+    tr.add_argument("--background", default="white", help="background for transparent pictures (default: white)")
+    tr.add_argument("--remove-background", action="store_true", help="cut the subject out first with rembg")
+    tr.add_argument("--rembg-model", help="rembg model name (default: u2net)")
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    tr.set_defaults(func=_translate)
 
     g = sub.add_parser("gif", help="the sample-grid timeline of a run as an animated GIF")
     g.add_argument("run", help="run folder")

@@ -264,3 +264,32 @@ def test_resume_redoes_a_recorded_background_removal():
         {"remove_background": True, "rembg_model": "u2net"}
     assert _removal_options({"model": "u2net_custom", "model_path": "/m/tiny.onnx"}) == \
         {"remove_background": True, "rembg_model_path": "/m/tiny.onnx"}
+
+
+def test_cli_translate_writes_one_png_per_picture(tmp_path, capsys):
+    from PIL import Image
+
+    e = get_engine("cyclegan")(TINY, 32, training=False)
+    save_export(e, tmp_path / "export")
+    pics = tmp_path / "pics"
+    (pics / "sub").mkdir(parents=True)
+    g = np.random.default_rng(0)
+    Image.fromarray(g.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(pics / "wide.jpg")  # padded, not cropped
+    Image.fromarray(g.integers(0, 256, (32, 32, 4), dtype=np.uint8)).save(pics / "sub" / "rgba.png")
+    (pics / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert cli(["translate", str(tmp_path / "export"), str(pics), "--out", str(out), "--no-progress",
+                "--device", "cpu"]) == 0
+    assert "translated 2 picture(s) AB" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["sub/rgba.png", "wide.png"]
+    from engines.data import prepare_image
+
+    want = e.translate(torch.from_numpy(np.array(prepare_image(pics / "wide.jpg", size=32))).permute(2, 0, 1)[None])
+    got = torch.from_numpy(np.array(Image.open(out / "wide.png"))).permute(2, 0, 1)[None]
+    assert torch.equal(got, ((want.clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8))
+    assert cli(["translate", str(tmp_path / "export"), str(pics), "--out", str(out), "--direction", "XY"]) == 2
+    assert "not 'XY'" in capsys.readouterr().err
+    gen = get_engine("dcgan")({"g_width": 8, "d_width": 8, "z_dim": 8}, 32, training=False)
+    save_export(gen, tmp_path / "gen")
+    assert cli(["translate", str(tmp_path / "gen"), str(pics), "--out", str(out)]) == 2
+    assert "needs a translation export" in capsys.readouterr().err

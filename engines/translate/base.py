@@ -88,7 +88,8 @@ class TranslationEngine(Engine):
         """Raw CAM maps [N, h, w] at the network's feature resolution; engines with attention implement this."""
         raise NotImplementedError
 
-    def _check_direction(self, direction: str) -> str:
+    def check_direction(self, direction: str) -> str:
+        """'AB', 'a->b', 'A→B' ... -> 'AB'; a direction the engine does not have is a ValueError."""
         d = str(direction).upper().replace("→", "").replace("->", "").replace("2", "")
         if d not in self.directions:
             raise ValueError(f"engine {self.name!r} translates {' and '.join(self.directions)}, not {direction!r}")
@@ -104,14 +105,14 @@ class TranslationEngine(Engine):
     @torch.inference_mode()
     def translate(self, x: torch.Tensor, direction: str = "AB", batch_size: int = 16) -> torch.Tensor:
         """[N, 3, H, W] in [-1, 1] (or uint8) -> translated [N, 3, H, W] in [-1, 1]."""
-        d = self._check_direction(direction)
+        d = self.check_direction(direction)
         x = self._check_input(x)
         return self._batched(lambda b: self._translate(b, d).float().clamp(-1, 1), x, batch_size)
 
     @torch.inference_mode()
     def reconstruct(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """A -> B -> A (the cycle), for engines with both directions."""
-        self._check_direction("BA")
+        self.check_direction("BA")
         x = self._check_input(x)
         return self._batched(lambda b: self._translate(self._translate(b, "AB"), "BA").float().clamp(-1, 1),
                              x, batch_size)
