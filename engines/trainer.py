@@ -471,7 +471,8 @@ class Trainer:
         })
 
     def evaluate(self, epoch: int) -> dict[str, float] | None:
-        """FID/KID/MS-SSIM on the cadence; a failing evaluation is logged, never kills the run."""
+        """FID/KID/MS-SSIM (translation: engines.metrics.translation) on the cadence; a failing evaluation is
+        logged, never kills the run."""
         try:
             from .metrics import evaluate_generator
             from .metrics.translation import evaluate_translation
