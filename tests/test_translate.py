@@ -286,7 +286,10 @@ def test_cli_translate_writes_one_png_per_picture(tmp_path, capsys):
 
     want = e.translate(torch.from_numpy(np.array(prepare_image(pics / "wide.jpg", size=32))).permute(2, 0, 1)[None])
     got = torch.from_numpy(np.array(Image.open(out / "wide.png"))).permute(2, 0, 1)[None]
-    assert torch.equal(got, ((want.clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8))
+    from engines.images import to_uint8
+
+    # batched with the other picture in the CLI, alone here: the same up to float rounding in the convolutions
+    assert (got.int() - to_uint8(want).int()).abs().max() <= 1
     assert cli(["translate", str(tmp_path / "export"), str(pics), "--out", str(out), "--direction", "XY"]) == 2
     assert "not 'XY'" in capsys.readouterr().err
     gen = get_engine("dcgan")({"g_width": 8, "d_width": 8, "z_dim": 8}, 32, training=False)
