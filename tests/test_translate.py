@@ -207,6 +207,7 @@ class Identity(TranslationEngine):
         return x
 
 
+@pytest.mark.filterwarnings("ignore:FID from")  # 6 pictures: the small-sample warning is expected here
 def test_translation_metrics_have_their_known_values_on_an_identity_translator():
     from engines.metrics.translation import evaluate_translation, paired_indices
 
