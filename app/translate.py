@@ -185,11 +185,6 @@ def input_background(entry) -> str:
     return bg if bg in ("white", "black", "none") else "white"
 
 
-def write_output(res: Translation, out_dir: Path, stem: str) -> str:
-    """The translated picture as a lossless PNG at the engine's size, for download."""
-    return write_pngs(res, out_dir, stem)["output"]
-
-
 def write_pngs(res: Translation, out_dir: Path, stem: str) -> dict[str, str | None]:
     """Every picture of ``res`` as a lossless PNG in ``out_dir`` (one folder per request), None where absent
     (files, not arrays: see ``app.gan.write_pngs``)."""

@@ -162,7 +162,7 @@ def test_cyclegan_translation_with_reconstruction(catalog, tmp_path):
     assert not np.array_equal(res.output, res.input)
     back = tr.translate_picture(eng, res.input, "ba")          # the other way: B -> A, cycled by A -> B
     assert back.direction == "BA" and back.reconstruction is not None
-    png = tr.write_output(res, tmp_path, "cg-in")
+    png = tr.write_pngs(res, tmp_path, "cg-in")["output"]
     assert png.endswith("cg-in-AB.png") and np.array_equal(np.asarray(Image.open(png)), res.output)
     files = tr.write_pngs(res, tmp_path, "cg in/x")
     assert files["attention"] is None and files["attention_map"] is None

@@ -25,6 +25,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..images import from_uint8
 from .evaluate import EvalOptions, _evaluate, parse_metric_names
 from .inception import as_uint8_rgb, resolve_device
 from .sources import as_image_set, resize_uint8
@@ -82,8 +83,8 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
             raise ValueError("the translator produced NaN/Inf pixels; the model has diverged")
         outputs.append(as_uint8_rgb(y).cpu())
         if with_cycle:
-            rec = engine.reconstruct(x).float().cpu()
-            cycle_sum += float((rec - (x.float() / 127.5 - 1)).abs().mean(dim=(1, 2, 3)).sum())
+            rec = engine.translate(y, "BA").float().cpu()  # the output translated back: no second A -> B pass
+            cycle_sum += float((rec - from_uint8(x).cpu()).abs().mean(dim=(1, 2, 3)).sum())
     out_u8 = torch.cat(outputs)
 
     res: dict[str, float] = {}

@@ -109,13 +109,11 @@ class TranslationEngine(Engine):
         x = self._check_input(x)
         return self._batched(lambda b: self._translate(b, d).float().clamp(-1, 1), x, batch_size)
 
-    @torch.inference_mode()
     def reconstruct(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """A -> B -> A (the cycle), for engines with both directions."""
+        """A -> B -> A (the cycle), for engines with both directions. Callers that already hold the A -> B
+        output translate it back with ``translate(y, "BA")`` instead of running A -> B again."""
         self.check_direction("BA")
-        x = self._check_input(x)
-        return self._batched(lambda b: self._translate(self._translate(b, "AB"), "BA").float().clamp(-1, 1),
-                             x, batch_size)
+        return self.translate(self.translate(x, batch_size=batch_size), "BA", batch_size)
 
     @torch.inference_mode()
     def attention(self, x: torch.Tensor, batch_size: int = 16) -> np.ndarray:
@@ -142,9 +140,10 @@ class TranslationEngine(Engine):
     def sample_grid(self, images: torch.Tensor) -> dict[str, Any]:
         """One row per input picture (uint8 or [-1, 1]): input | output | reconstruction | attention overlay."""
         x = self._check_input(images.to(self.device))
-        cols = [to_uint8(x), to_uint8(self.translate(x))]
+        y = self.translate(x)
+        cols = [to_uint8(x), to_uint8(y)]
         if "BA" in self.directions:
-            cols.append(to_uint8(self.reconstruct(x)))
+            cols.append(to_uint8(self.translate(y, "BA")))
         if self.has_attention:
             cols.append(overlay_heatmap(cols[0], normalise_maps(self.attention(x))))
         grid = torch.stack([c.cpu() for c in cols], dim=1).flatten(0, 1)  # row-major: input i's columns
