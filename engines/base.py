@@ -72,8 +72,11 @@ class Engine(nn.Module):
             return p.device
         return torch.device("cpu")
 
-    def setup(self, device: torch.device, amp: bool = False, augment=None) -> "Engine":
-        """Move to device, choose mixed precision, attach the augmentation pipeline."""
+    def setup(self, device: torch.device, amp: bool = False, augment=None, cpu_amp: bool = False) -> "Engine":
+        """Move to device, choose mixed precision, attach the augmentation pipeline.
+
+        ``cpu_amp``: bf16 autocast on a CPU (1.5x faster for projected_gan on a CPU with AVX512-BF16;
+        docs/decisions.md); no loss scaling is needed for bf16."""
         self.to(device)
         if device.type == "cuda":
             self.to(memory_format=torch.channels_last)
@@ -81,6 +84,8 @@ class Engine(nn.Module):
         if amp and device.type == "cuda":
             # bf16 needs no loss scaling; fall back to fp16 + GradScaler on older GPUs.
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif cpu_amp and device.type == "cpu":
+            self.amp_dtype = torch.bfloat16
         else:
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
@@ -179,6 +184,10 @@ class Engine(nn.Module):
 
     def export_modules(self) -> dict[str, nn.Module]:
         raise NotImplementedError
+
+    def run_info(self) -> dict[str, Any]:
+        """Engine facts for run.json (e.g. a pretrained network's file and hash)."""
+        return {}
 
     def export_extra(self) -> dict[str, Any]:
         """Extra JSON-able facts for the export config (e.g. what the app can do with it)."""

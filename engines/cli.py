@@ -15,7 +15,7 @@ def _train(args) -> int:
     from .trainer import Trainer
 
     if args.resume:
-        t = Trainer.resume(args.resume, epochs=args.epochs, progress=args.progress)
+        t = Trainer.resume(args.resume, epochs=args.epochs, progress=args.progress, max_hours=args.max_hours)
         print(f"resuming {t.run_dir} at epoch {t.epoch}/{t.cfg.epochs}")
     else:
         if not args.engine:
@@ -24,7 +24,7 @@ def _train(args) -> int:
 
         cls = get_engine(args.engine)  # unknown engine: clear error before touching the data
         cfg = TrainConfig.for_engine(cls)
-        for name in ("epochs", "batch_size", "image_size", "seed"):
+        for name in ("epochs", "batch_size", "image_size", "seed", "max_hours"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
         apply_overrides(cfg, args.set or [])
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target", help="translation engines: domain B images")
     t.add_argument("--runs", default="runs", help="where run directories are created (default: ./runs)")
     t.add_argument("--epochs", type=int)
+    t.add_argument("--max-hours", type=float, metavar="H",
+                   help="wall-clock budget of training time (evaluation not counted); with --resume it replaces "
+                        "the recorded one, so a finished budgeted run can be continued")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--image-size", type=int)
     t.add_argument("--seed", type=int)

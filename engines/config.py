@@ -19,10 +19,12 @@ class TrainConfig:
     eval_n: int = 2000            # generated samples per evaluation
     eval_metrics: str = "fid,kid,ms_ssim"
     checkpoint_every: int = 1     # epochs; also on SIGINT/SIGTERM and at the end
+    max_hours: float = 0.0        # training wall-clock budget: the run finishes at the first epoch end past it (0: none)
     grid_n: int = 64              # images in the fixed-latent sample grid
     augment: str | None = None    # None: the engine's default (DiffAugment; ADA for StyleGAN2)
     augment_options: dict[str, Any] = field(default_factory=dict)  # e.g. DiffAugment's policy, ADA's target
     amp: bool = True              # mixed precision on CUDA (bf16, or fp16 + loss scaling)
+    cpu_amp: bool = False         # bf16 autocast on a CPU (fast where the CPU has native bf16)
     device: str = "auto"          # auto | cpu | cuda | cuda:N | mps
     background: str = "white"     # alpha flattening when the data is prepared on the fly
     nan_policy: str = "rollback"  # rollback (to the last checkpoint with a lower lr) | stop
@@ -37,6 +39,8 @@ class TrainConfig:
         for name in ("sample_every", "eval_every", "checkpoint_every", "eval_n"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not float(self.max_hours) >= 0:
+            raise ValueError("max_hours must be >= 0 (0: no wall-clock budget)")
         if self.nan_policy not in ("rollback", "stop"):
             raise ValueError("nan_policy must be 'rollback' or 'stop'")
         if not 0 < self.nan_lr_factor <= 1:

@@ -11,6 +11,7 @@ _MODULES = {
     "wgan_gp": "engines.generate.wgan_gp",
     "stylegan2_ada": "engines.generate.stylegan2_ada",
     "aegan": "engines.generate.aegan",
+    "projected_gan": "engines.generate.projected_gan",
     "cyclegan": "engines.translate.cyclegan",
     "cartoongan": "engines.translate.cartoongan",
     "ugatit": "engines.translate.ugatit",

@@ -167,7 +167,7 @@ class Trainer:
         self.cfg.engine = dict(self.engine.config)  # record the fully resolved engine config
         aug_name = self.cfg.augment or self.engine_cls.default_augment
         augment = build_augment(aug_name, **(self.cfg.augment_options or {}))
-        self.engine.setup(self.device, amp=self.cfg.amp, augment=augment)
+        self.engine.setup(self.device, amp=self.cfg.amp, augment=augment, cpu_amp=self.cfg.cpu_amp)
 
         self.epoch = 0               # last completed epoch
         self.step = 0
@@ -203,6 +203,7 @@ class Trainer:
             "git_commit": _git_commit(),
             "device": dev,
             "amp": str(self.engine.amp_dtype).replace("torch.", "") if self.engine.amp_dtype else None,
+            **({"engine_info": info} if (info := self.engine.run_info()) else {}),
             "command": " ".join(sys.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "epoch": 0, "step": 0, "wall_seconds": 0.0,
@@ -217,7 +218,7 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, dataset=None, epochs: int | None = None,
-               progress: bool | None = None) -> "Trainer":
+               progress: bool | None = None, max_hours: float | None = None) -> "Trainer":
         """Continue a run exactly where its last checkpoint left it. ``dataset`` defaults to the
         recorded source, which must still have the same content key."""
         run_dir = Path(run_dir)
@@ -228,6 +229,8 @@ class Trainer:
         cfg = TrainConfig.from_dict(info["config"])
         if epochs is not None:
             cfg.epochs = int(epochs)
+        if max_hours is not None:
+            cfg.max_hours = float(max_hours)
         ds_infos = info["dataset"] if isinstance(info["dataset"], list) else [info["dataset"]]
         if dataset is None:
             from .data import load_dataset
@@ -384,6 +387,9 @@ class Trainer:
                 if self._stop.is_set():
                     status = "interrupted"
                     break
+                if self._budget_spent():
+                    status = "finished"
+                    break
             else:
                 status = "finished"
         except TrainingError:
@@ -405,9 +411,16 @@ class Trainer:
             self._finish(status)
         return self.run_dir
 
+    def _budget_spent(self) -> bool:
+        """The wall-clock budget (``max_hours``, training time without evaluation) is used up."""
+        return bool(self.cfg.max_hours) and self.wall_seconds >= float(self.cfg.max_hours) * 3600
+
     def _end_of_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
         cfg = self.cfg
-        last = epoch == cfg.epochs
+        last = epoch == cfg.epochs or self._budget_spent()
+        if last and epoch != cfg.epochs and self.writer:
+            self.writer.log("event", epoch, self.step, event="budget_reached",
+                            message=f"wall-clock budget of {cfg.max_hours:g} h reached at epoch {epoch}")
         if self.writer:
             self.writer.log("train", epoch, self.step, **scalars)
             self.writer.append_log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
