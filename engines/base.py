@@ -193,16 +193,29 @@ class Engine(nn.Module):
         """Extra JSON-able facts for the export config (e.g. what the app can do with it)."""
         return {}
 
+    def frozen_state_keys(self) -> list[str]:
+        """State-dict keys of pretrained, frozen networks that are reloaded from their own files (e.g. a
+        projected discriminator's feature network): left out of checkpoints, which stay small."""
+        return []
+
     def state_dict_full(self) -> dict[str, Any]:
+        modules = self.state_dict()
+        for k in self.frozen_state_keys():
+            modules.pop(k, None)
         return {
-            "modules": self.state_dict(),
+            "modules": modules,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "augment": self.augment.state_dict() if hasattr(self.augment, "state_dict") else None,
         }
 
     def load_state_dict_full(self, state: dict[str, Any]) -> None:
-        self.load_state_dict(state["modules"])
+        modules = state["modules"]
+        frozen = self.frozen_state_keys()
+        if frozen:
+            own = self.state_dict()
+            modules = {**{k: own[k] for k in frozen}, **modules}
+        self.load_state_dict(modules)
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         if state.get("scaler") and self.scaler is not None:

@@ -71,7 +71,10 @@ class DCGAN(Engine):
 
     @classmethod
     def default_config(cls):
-        return {"lr": 2e-4, "betas": [0.5, 0.999], "z_dim": 100, "g_width": 64, "d_width": 64, "max_channels": 512}
+        # discriminator "projected": Projected GAN's D (frozen EfficientNet-Lite0 + random CCM/CSM + per-scale
+        # discriminators, engines.projected) with its defaults, trained with DCGAN's own loss and optimiser
+        return {"lr": 2e-4, "betas": [0.5, 0.999], "z_dim": 100, "g_width": 64, "d_width": 64, "max_channels": 512,
+                "discriminator": "dcgan"}
 
     def __init__(self, config=None, image_size: int = 128, *, training: bool = True):
         super().__init__(config, image_size, training=training)
@@ -79,11 +82,26 @@ class DCGAN(Engine):
         self.G = DCGANGenerator(c["z_dim"], image_size, c["g_width"], c["max_channels"])
         if training:
             self.D = self.build_discriminator()
-            self.optimizers = {"D": self.make_adam(self.D.parameters()), "G": self.make_adam(self.G.parameters())}
+            d_params = self.D.trainable_parameters() if hasattr(self.D, "trainable_parameters") else self.D.parameters()
+            self.optimizers = {"D": self.make_adam(d_params), "G": self.make_adam(self.G.parameters())}
 
     def build_discriminator(self) -> nn.Module:
         c = self.config
+        if c["discriminator"] == "projected":
+            from ..projected import ProjectedDiscriminator
+
+            return ProjectedDiscriminator(self.image_size)
+        if c["discriminator"] != "dcgan":
+            raise ValueError(f"discriminator must be 'dcgan' or 'projected', not {c['discriminator']!r}")
         return DCGANDiscriminator(self.image_size, c["d_width"], c["max_channels"], norm="batch")
+
+    def frozen_state_keys(self) -> list[str]:
+        d = getattr(self, "D", None)
+        return d.frozen_state_keys("D.") if hasattr(d, "frozen_state_keys") else []
+
+    def run_info(self) -> dict:
+        d = getattr(self, "D", None)
+        return {"feature_network": d.feature.backbone_info} if hasattr(d, "feature") else {}
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         return self.G(z)

@@ -125,6 +125,15 @@ class FastGANGenerator(nn.Module):
         return self.to_rgb(feats[size])
 
 
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's hinge loss, each half averaged over every logit of every scale: (real, fake) terms."""
+    return F.relu(1 - real_logits).mean(), F.relu(1 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return (-fake_logits).mean()
+
+
 @register
 class ProjectedGAN(Engine):
     name = "projected_gan"
@@ -189,19 +198,8 @@ class ProjectedGAN(Engine):
     def run_info(self) -> dict[str, Any]:
         return {"feature_network": self.D.feature.backbone_info} if hasattr(self, "D") else {}
 
-    # ---- resume: the pretrained backbone is reloaded from its package, not stored in checkpoints ----------
-    def state_dict_full(self) -> dict[str, Any]:
-        st = super().state_dict_full()
-        for k in self.D.frozen_state_keys("D."):
-            st["modules"].pop(k, None)
-        return st
-
-    def load_state_dict_full(self, state: dict[str, Any]) -> None:
-        modules = dict(state["modules"])
-        own = self.state_dict()
-        for k in self.D.frozen_state_keys("D."):
-            modules.setdefault(k, own[k])
-        super().load_state_dict_full({**state, "modules": modules})
+    def frozen_state_keys(self) -> list[str]:
+        return self.D.frozen_state_keys("D.") if hasattr(self, "D") else []
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -220,7 +218,7 @@ class ProjectedGAN(Engine):
         D.discs.requires_grad_(False)
         with self.autocast():
             fake = G(torch.randn(n, self.z_dim, device=real.device))
-            loss_g = (-D(self.augment_images(fake)).float()).mean()
+            loss_g = hinge_g_loss(D(self.augment_images(fake)).float())
         self.optimize("G", loss_g)
         D.discs.requires_grad_(True)
 
@@ -230,8 +228,7 @@ class ProjectedGAN(Engine):
         with self.autocast():
             d_fake = D(self.augment_images(fake)).float()
             d_real = D(self.augment_images(real)).float()
-            loss_d_fake = F.relu(1 + d_fake).mean()
-            loss_d_real = F.relu(1 - d_real).mean()
+            loss_d_real, loss_d_fake = hinge_d_loss(d_real, d_fake)
         self.optimize("D", loss_d_fake + loss_d_real)
         self.augment_feedback(d_real)
 
