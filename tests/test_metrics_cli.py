@@ -137,3 +137,31 @@ def test_fid_matches_pytorch_fid_cli(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["metrics"]["fid"] == pytest.approx(ref, rel=1e-3)
     assert any("fewer than the 2048" in w for w in out["warnings"])
+
+
+def test_eval_log_appends_an_evaluation_to_a_stopped_run(tmp_path, capsys):
+    import types
+
+    from engines.config import TrainConfig
+    from engines.runs import RunWriter, read_info, read_metrics
+    from engines.trainer import Trainer
+
+    real = _write_pokemon(tmp_path / "real", range(1, 17), 32)
+    from engines.data import load_dataset
+
+    ds = load_dataset(real, size=32, progress=False)
+    cfg = TrainConfig(image_size=32, batch_size=8, epochs=1, sample_every=1, eval_every=0, grid_n=4,
+                      engine={"g_width": 8, "d_width": 8, "z_dim": 16})
+    run = Trainer("dcgan", ds, tmp_path / "runs", cfg, progress=False).fit()
+    assert _eval([str(run), "--n", "20", "--metrics", "kid", "--log"]) == 0
+    evals = read_metrics(run).eval
+    assert len(evals) == 1 and evals[0]["eval_n"] == 20 and evals[0]["eval_by"] == "pokelab eval"
+    assert evals[0]["epoch"] == read_info(run)["epoch"] == 1 and "kid" in evals[0]
+    assert "pokelab eval (n=20" in (run / "log.txt").read_text()
+    # a run that is still training, or a folder of images, is refused with a clear message
+    RunWriter(run).update_info(status="running")
+    with pytest.raises(ValueError, match="still training"):
+        _eval([str(run), "--n", "20", "--metrics", "kid", "--log"])
+    with pytest.raises(ValueError, match="needs a run folder"):
+        _eval([str(real), "--against", str(real), "--metrics", "kid", "--log"])
+    assert len(read_metrics(run).eval) == 1

@@ -146,7 +146,7 @@ class ProjectedGAN(Engine):
     def default_config(cls) -> dict[str, Any]:
         return {
             "lr": 2e-4, "betas": [0.0, 0.99], "eps": 1e-8,
-            "z_dim": 256, "ngf": 64, "lite": True,
+            "z_dim": 256, "ngf": 24, "lite": True,
             # D: "auto" = the training size on a CPU, 224 (the reference) when CUDA is available
             "d_input_size": "auto", "d_cout": 64, "d_expand": True, "d_proj_type": 2, "d_num_discs": 4,
             "d_width": 0.5, "d_separable": False, "feature_weights": None,

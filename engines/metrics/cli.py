@@ -43,6 +43,10 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
                    help="background for transparent real images prepared on the fly (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
+    p.add_argument("--log", action="store_true",
+                   help="TARGET is a run: append the result to its metrics.jsonl as an evaluation at the run's last "
+                        "epoch (e.g. the 2000-sample figure of a run trained with a smaller eval_n), so the studio "
+                        "and the app show it")
     p.set_defaults(func=run_eval)
     return p
 
@@ -105,6 +109,13 @@ def run_eval(args) -> int:
         raise FileNotFoundError(f"--against {against}: no such file or folder")
     if args.source and not translating:
         raise ValueError("--source is for translation runs and exports (the pictures to translate)")
+    if args.log:
+        from ..runs import is_run_dir, read_info
+
+        if not (is_model and is_run_dir(target)):
+            raise ValueError("--log needs a run folder as TARGET (its metrics.jsonl gets the evaluation)")
+        if read_info(target).get("status") == "running":
+            raise ValueError(f"{target} is still training (status 'running'); log an evaluation when it has stopped")
     if args.n < 2:
         raise ValueError("--n must be at least 2")
     if args.batch_size < 1:
@@ -154,6 +165,8 @@ def run_eval(args) -> int:
             raise ValueError(f"{target}: neither a run, an export, nor a folder of images")
     info["real_images"] = int(len(real.images))
     notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if args.log:
+        _log_to_run(target, res, args, notes)
     nov = details.get("novelty")
     if args.json:
         out = {**info, "metrics": res, "warnings": notes}
@@ -167,6 +180,20 @@ def run_eval(args) -> int:
         if nov is not None:
             print(_nearest_table(nov, fake_names))
     return 0
+
+
+def _log_to_run(run_dir: Path, res: dict, args, notes: list[str]) -> None:
+    """One "eval" line at the run's recorded epoch/step, marked as coming from ``pokelab eval``."""
+    from ..runs import RunWriter, read_info
+
+    info = read_info(run_dir)
+    writer = RunWriter(run_dir)
+    line = writer.log("eval", int(info.get("epoch") or 0), int(info.get("step") or 0), **res,
+                      eval_by="pokelab eval", eval_seed=int(args.seed))
+    writer.append_log(f"pokelab eval (n={int(res.get('eval_n', args.n))}, seed {args.seed}) at epoch {line['epoch']}: "
+                      + ", ".join(f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
+    for msg in notes:
+        writer.append_log(f"warning: {msg}")
 
 
 def _fmt(key: str, res: dict) -> str:
