@@ -63,7 +63,8 @@ class Engine(nn.Module):
         # Set by the trainer (setup()); engines read them in train_step.
         self.augment = None
         self.amp_dtype: torch.dtype | None = None
-        self.scaler: torch.amp.GradScaler | None = None
+        # one loss scaler per optimiser (fp16 only): an overflow in D's backward must not shrink G's scale
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
 
     # ---- set-up by the trainer -------------------------------------------------
     @property
@@ -82,13 +83,13 @@ class Engine(nn.Module):
             self.to(memory_format=torch.channels_last)
         self.augment = augment
         if amp and device.type == "cuda":
-            # bf16 needs no loss scaling; fall back to fp16 + GradScaler on older GPUs.
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.amp_dtype = cuda_amp_dtype(device)
         elif cpu_amp and device.type == "cpu":
             self.amp_dtype = torch.bfloat16
         else:
             self.amp_dtype = None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.scalers = {name: torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+                        for name in self.optimizers}
         return self
 
     def autocast(self):
@@ -97,15 +98,21 @@ class Engine(nn.Module):
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
-        """zero_grad / backward / step for one optimiser, with loss scaling when fp16."""
+        """zero_grad / backward / step for one optimiser, with its own loss scaler under fp16.
+
+        Without a scaler, gradients are cleaned with nan_to_num first, as stylegan2-ada-pytorch does: one
+        inf would otherwise poison Adam's moments for good (and make the NaN guard halve the lr for nothing).
+        Under fp16 the scaler's own check skips the step and lowers the scale instead."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
-        if self.scaler is not None and self.scaler.is_enabled():
-            self.scaler.scale(loss).backward()
-            self.scaler.step(opt)
-            self.scaler.update()
+        scaler = self.scalers.get(name)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         else:
             loss.backward()
+            clean_gradients(opt)
             opt.step()
 
     def make_adam(self, params, lr: float | None = None, betas=None, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -205,7 +212,7 @@ class Engine(nn.Module):
         return {
             "modules": modules,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
             "augment": self.augment.state_dict() if hasattr(self.augment, "state_dict") else None,
         }
 
@@ -218,10 +225,30 @@ class Engine(nn.Module):
         self.load_state_dict(modules)
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
-        if state.get("scaler") and self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
+        saved = state.get("scalers") or {}
+        if not saved and state.get("scaler"):  # checkpoints before per-optimiser scalers had one for all
+            saved = {k: state["scaler"] for k in self.scalers}
+        for k, s in self.scalers.items():
+            if saved.get(k):
+                s.load_state_dict(saved[k])
         if state.get("augment") and hasattr(self.augment, "load_state_dict"):
             self.augment.load_state_dict(state["augment"])
+
+
+def cuda_amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 only where the GPU computes it natively (compute capability 8.0+: A100, RTX 30xx and newer).
+    ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or V100, where bf16 is emulated and slow;
+    those get fp16 with loss scaling."""
+    major, _minor = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def clean_gradients(opt: torch.optim.Optimizer) -> None:
+    """NaN -> 0, +-inf -> +-1e5 in every gradient the optimiser will use (in place)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
