@@ -6,18 +6,25 @@ sampling is read-only in eval mode). A folder given on the command line may be a
 folder (its ``export/``), or a folder holding either one level down (``checkpoints/<name>/`` and
 ``checkpoints/runs/<run-id>/``); an export reachable twice (a shipped copy of a run's export) is
 listed once.
+
+Each export also carries the facts of its run's last evaluation (``ExportEntry.quality``: FID, KID, the
+sample count, MS-SSIM and the mode-collapse flag of the last ``eval`` line of the run's metrics.jsonl, read
+with ``engines.runs.read_metrics`` once per scan). An export whose last evaluation flagged collapse is left
+out of the default export lists and out of the blind review (``ExportCatalog.listed``, ``app.review_book``);
+an export without an evaluation ("not evaluated") stays available.
 """
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from engines.export import ExportError, read_export_config, resolve_export_dir
-from engines.runs import is_run_dir
+from engines.runs import RunFormatError, is_run_dir, read_info, read_metrics
 
 from .appconfig import REPO_ROOT
 from .inputs import AppInputError
@@ -25,11 +32,166 @@ from .inputs import AppInputError
 log = logging.getLogger("pokelab.app")
 
 
+#: gap between generated and real mean pairwise MS-SSIM that flags collapse when an evaluation logged the two
+#: MS-SSIM values but no ``collapse`` key; the trainer's value (engines.metrics.msssim.COLLAPSE_MARGIN, not
+#: imported: that package imports torch and the metrics stack) and the studio's
+COLLAPSE_MARGIN = 0.1
+
+
+def _number(v: Any) -> float | None:
+    """A finite float from a metrics value, else None (null, text, bool, NaN, the 1e308 the run writer
+    writes for infinity)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) and abs(v) < 1e300 else None
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The last evaluation of the run behind an export (its metrics.jsonl's last ``eval`` line).
+
+    ``evaluated`` is False when there is no such line (no run folder found, no metrics.jsonl, only
+    training lines); ``problem`` then says which. ``collapse`` is None when the evaluation did not
+    measure diversity (translation runs, ``--eval-metrics`` without MS-SSIM)."""
+    evaluated: bool = False
+    problem: str = "not evaluated"
+    run_dir: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    fid: float | None = None
+    kid: float | None = None
+    kid_std: float | None = None
+    eval_n: int | None = None
+    ms_ssim_fake: float | None = None
+    ms_ssim_real: float | None = None
+    collapse: bool | None = None
+    collapse_from: str = ""          # 'logged' (the trainer's flag) | 'derived' (from the two MS-SSIM values) | ''
+    evaluations: int = 0             # eval lines in the log
+    warnings: tuple[str, ...] = ()   # malformed or partial lines skipped by the reader
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.collapse)
+
+    @classmethod
+    def missing(cls, problem: str, run_dir: Path | None = None, warnings: tuple[str, ...] = ()) -> "Quality":
+        return cls(problem=problem, run_dir=str(run_dir) if run_dir else None, warnings=warnings)
+
+    @classmethod
+    def from_eval(cls, rec: dict[str, Any], run_dir: Path, evaluations: int,
+                  warnings: tuple[str, ...] = ()) -> "Quality":
+        fake, real = _number(rec.get("ms_ssim/fake")), _number(rec.get("ms_ssim/real"))
+        flag, source = rec.get("collapse"), ""
+        if isinstance(flag, bool) or _number(flag) is not None:
+            collapse, source = float(flag) > 0.5, "logged"
+        elif fake is not None and real is not None:
+            collapse, source = fake > real + COLLAPSE_MARGIN, "derived"
+        else:
+            collapse = None
+        n, epoch, step = _number(rec.get("eval_n")), _number(rec.get("epoch")), _number(rec.get("step"))
+        return cls(evaluated=True, problem="", run_dir=str(run_dir),
+                   epoch=int(epoch) if epoch is not None else None, step=int(step) if step is not None else None,
+                   fid=_number(rec.get("fid")), kid=_number(rec.get("kid")), kid_std=_number(rec.get("kid_std")),
+                   eval_n=int(n) if n is not None else None, ms_ssim_fake=fake, ms_ssim_real=real,
+                   collapse=collapse, collapse_from=source, evaluations=evaluations, warnings=warnings)
+
+    # ---- texts -------------------------------------------------------------------------------------
+    def scores(self) -> str:
+        """'FID 243.9 · KID 0.231 · n=500', or 'not evaluated'."""
+        if not self.evaluated:
+            return "not evaluated"
+        bits = []
+        if self.fid is not None:
+            bits.append(f"FID {self.fid:.1f}")
+        if self.kid is not None:
+            bits.append(f"KID {self.kid:.3g}")
+        if not bits:
+            bits.append("no FID/KID logged")
+        if self.eval_n is not None:
+            bits.append(f"n={self.eval_n}")
+        return " · ".join(bits)
+
+    def collapse_text(self, detail: bool = False) -> str:
+        """'⚠ collapsed' / 'no collapse' ('' when not measured); ``detail`` adds the two MS-SSIM values."""
+        if self.collapse is None:
+            return ""
+        text = "⚠ collapsed" if self.collapse else "no collapse"
+        if detail and self.ms_ssim_fake is not None and self.ms_ssim_real is not None:
+            text += f" (MS-SSIM of samples {self.ms_ssim_fake:.2f}, of real images {self.ms_ssim_real:.2f})"
+        return text
+
+    def short(self) -> str:
+        """Scores and collapse flag for a picker label: 'FID 511.9 · KID 0.801 · n=500 · ⚠ collapsed'."""
+        return " · ".join(b for b in (self.scores(), self.collapse_text()) if b)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["warnings"] = list(self.warnings)
+        d["collapsed"] = self.collapsed
+        return d
+
+
+def find_run_dir(export_dir: Path, run_id: Any, roots: Iterable[Path] = ()) -> tuple[Path | None, str]:
+    """The run folder behind an export: RUN/export's RUN, else a folder named after ``trained.run_id`` in
+    one of the given roots (``ROOT/<run_id>``, ``ROOT/runs/<run_id>``: a copy of an export shipped beside its
+    run). A run folder counts only when its id (run.json's ``run_id``, else its name) is the export's
+    ``trained.run_id``, so another run's metrics are never shown. Returns (folder or None, why not)."""
+    rid = str(run_id) if isinstance(run_id, str) and run_id.strip() else None
+    if rid is not None and (Path(rid).name != rid or rid in (".", "..")):
+        rid = None                     # a recorded id that is a path: never follow it
+    cands: list[Path] = []
+    if export_dir.name == "export":
+        cands.append(export_dir.parent)
+    if rid:
+        for r in roots:
+            r = Path(r)
+            if r.is_dir():
+                cands += [r / rid, r / "runs" / rid]
+    why = "no run folder with metrics found"
+    for c in dict.fromkeys(cands):
+        if not is_run_dir(c):
+            continue
+        if rid is None:
+            return (c, "") if c == export_dir.parent else (None, why)
+        try:
+            recorded = read_info(c).get("run_id")
+        except RunFormatError:
+            recorded = None
+        if rid in (recorded, c.name):
+            return c, ""
+        why = f"the export names run {rid}, not {recorded or c.name}"
+    return None, why
+
+
+def read_quality(run_dir: Path | None, problem: str = "no run folder with metrics found") -> Quality:
+    """The last evaluation of a run (``engines.runs.read_metrics``: malformed and partial lines are skipped
+    with a warning, never an error). Never raises: an unreadable log gives 'not evaluated' with the reason."""
+    if run_dir is None:
+        return Quality.missing(problem)
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        return Quality.missing("no metrics.jsonl in its run", run_dir)
+    try:
+        m = read_metrics(run_dir)
+    except OSError as e:
+        return Quality.missing(f"metrics.jsonl unreadable ({e.strerror or e})", run_dir)
+    warnings = tuple(m.warnings)
+    if not m.eval:
+        return Quality.missing("no evaluation logged", run_dir, warnings)
+    return Quality.from_eval(m.eval[-1], Path(run_dir), len(m.eval), warnings)
+
+
 @dataclass
 class ExportEntry:
     key: str                 # unique short name (the dropdown value)
     path: Path               # the export folder (resolved)
     config: dict[str, Any]   # its config.json
+    quality: Quality = field(default_factory=Quality)   # its run's last evaluation (read once per scan)
+
+    @property
+    def collapsed(self) -> bool:
+        """Its run's last evaluation flagged mode collapse: not in the default lists, never in the review."""
+        return self.quality.collapsed
 
     @property
     def engine_name(self) -> str:
@@ -99,7 +261,9 @@ class ExportEntry:
         return f"{self.engine_name}:{self.display_path}"
 
     def label(self) -> str:
-        bits = [self.key, self.engine_name, f"{self.image_size} px"]
+        """Engine first, then its last evaluation: 'dcgan · FID 243.9 · KID 0.231 · n=500 · no collapse ·
+        <key> · 64 px · 200 epochs · dreamworld-256'."""
+        bits = [self.engine_name, self.quality.short(), self.key, f"{self.image_size} px"]
         ep = self.trained.get("epochs")
         if ep is not None:
             bits.append(f"{ep} epochs")
@@ -132,6 +296,9 @@ class ExportEntry:
             "source_dataset": self.source_dataset.get("name"),
             "directions": list(self.directions),
             "attention": self.has_attention,
+            # the run's last evaluation (FID, KID, n, MS-SSIM, collapse flag; 'evaluated': False when none)
+            "evaluation": self.quality.as_dict(),
+            "collapsed": self.collapsed,
         }
 
 
@@ -211,17 +378,30 @@ class ExportCatalog:
                 key, i = name, 2
                 while key in entries:
                     key, i = f"{name}-{i}", i + 1
-                entries[key] = ExportEntry(key, d, cfg)
+                run_dir, why = find_run_dir(d, trained.get("run_id"), self.roots)
+                entries[key] = ExportEntry(key, d, cfg, read_quality(run_dir, why))
         with self._lock:
             self.entries = entries
             self.problems = problems
         log.info("exports: %s", ", ".join(entries) or "none")
 
     def generators(self) -> list[ExportEntry]:
+        """Every generation export, collapsed ones included (see ``listed`` for what a picker offers)."""
         return [e for e in self.entries.values() if e.kind == "generate"]
 
     def translators(self) -> list[ExportEntry]:
         return [e for e in self.entries.values() if e.kind == "translate"]
+
+    def listed(self, kind: str = "generate", collapsed: bool = False) -> list[ExportEntry]:
+        """What an export picker of ``kind`` offers: the exports whose last evaluation did not flag
+        collapse (not evaluated ones included), in scan order; with ``collapsed`` the flagged ones follow,
+        last."""
+        of_kind = [e for e in self.entries.values() if e.kind == kind]
+        return [e for e in of_kind if not e.collapsed] + ([e for e in of_kind if e.collapsed] if collapsed else [])
+
+    def collapsed(self, kind: str | None = None) -> list[ExportEntry]:
+        """Exports whose run's last evaluation flagged mode collapse (of one kind, or all)."""
+        return [e for e in self.entries.values() if e.collapsed and kind in (None, e.kind)]
 
     def get(self, key: str | None) -> ExportEntry:
         if not self.entries:

@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"pokelab app: {len(gens)} generation export(s) ({', '.join(e.key for e in gens) or 'none found'}), "
           f"{len(trans)} translation export(s) ({', '.join(e.key for e in trans) or 'none found'}); "
           f"review answers go to {cfg.review_db}", flush=True)
+    flagged = app.catalog.collapsed()
+    if flagged:
+        print(f"flagged collapsed by their run's last evaluation (hidden by default, never reviewed): "
+              f"{', '.join(e.key for e in flagged)}", flush=True)
     app.launch()
 
 

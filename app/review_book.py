@@ -15,6 +15,12 @@ Two kinds of round share that balance:
   picture with the input's file name when the target set has one (the paired official art: for sprites ->
   artwork that is the same Pokémon drawn by the artists). The input itself is never a side: it would win
   'faithful' by construction and tell nothing.
+
+Collapsed sources never take part: a source marked ``collapsed`` (an export whose run's last evaluation
+flagged mode collapse: the same picture, or nearly, for every seed) is dropped from the pool before any pair
+is formed, in generation and translation rounds alike. Pairing real art with it would make the answer obvious
+and the session no longer blind. ``left_out`` names what was dropped, for the message when fewer than two
+sources remain.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ class ReviewSource:
     label: str               # for the About tab, never shown next to a picture
     native_size: int
     draw: Callable[[random.Random], tuple[np.ndarray, str]]   # -> (HWC uint8 image, item like 'seed:123')
+    collapsed: bool = False  # its run's last evaluation flagged mode collapse: never paired
 
 
 @dataclass
@@ -60,6 +67,7 @@ class TranslationSource:
     native_size: int
     render: Callable[[np.ndarray, str], tuple[np.ndarray, str]]  # (input HWC uint8, input file) -> (image, item)
     accepts: Callable[[str], bool] = lambda _file: True          # the paired reference exists only for some files
+    collapsed: bool = False                                      # flagged collapsed: never paired
 
 
 @dataclass
@@ -114,11 +122,24 @@ class ReviewBook:
         self._lock = threading.Lock()
 
     def sources(self) -> list[ReviewSource]:
-        return list(self._sources())
+        """The generation pool: every source offered except the collapsed ones."""
+        return [s for s in self._sources() if not s.collapsed]
 
     def translation_groups(self) -> list[TranslationGroup]:
-        """Groups that can make a round: at least two sources and at least one input picture."""
-        return [g for g in self._translations() if len(g.sources) >= 2 and len(g.files) > 0]
+        """Groups that can make a round: at least two sources that are not collapsed and at least one input
+        picture."""
+        out = []
+        for g in self._translations():
+            kept = [s for s in g.sources if not s.collapsed]
+            if len(kept) >= 2 and len(g.files) > 0:
+                out.append(g if len(kept) == len(g.sources) else TranslationGroup(g.inputs, g.images, g.files, kept))
+        return out
+
+    def left_out(self) -> list[str]:
+        """Labels of the sources left out of every round because they are flagged collapsed."""
+        labels = [s.label for s in self._sources() if s.collapsed]
+        labels += [s.label for g in self._translations() for s in g.sources if s.collapsed]
+        return list(dict.fromkeys(labels))
 
     def _candidates(self) -> list[tuple]:
         """Every pair a round may show: ('generate', a, b) and ('translate', a, b, group), sources sorted by id."""
@@ -131,9 +152,12 @@ class ReviewBook:
     def start(self, rater: str, rng: random.Random | None = None) -> ReviewSession:
         rater = as_text(rater, "your name", LIMITS.max_rater_chars)
         if not self._candidates():
+            dropped = self.left_out()
             raise AppInputError("Review needs at least two sources (two engine exports, or one export and its "
                                 "training images; for translation rounds two translation exports, or one and "
-                                "the target set's pictures); none are available to compare here.")
+                                "the target set's pictures); none are available to compare here."
+                                + (f" Left out because their last evaluation flagged mode collapse: "
+                                   f"{'; '.join(dropped)}." if dropped else ""))
         s = ReviewSession(rater=rater)
         if rng is not None:
             s.rng = rng

@@ -75,6 +75,23 @@ def picture_upload(**kw) -> gr.Image:
     return comp
 
 
+def export_picker(choices, value, valid, **kw) -> gr.Dropdown:
+    """The export dropdown of a tab. It lists what the page offers (collapsed exports only on request), but
+    a request naming any export the catalog has of the tab's kind is accepted: ``valid()`` gives those keys,
+    so an API caller can still sample a collapsed export by its key (from /exports). An unknown key gets
+    gradio's own 'not in the list of choices'. Same instance-level trick as ``picture_upload``."""
+    comp = gr.Dropdown(choices, value=value, **kw)
+    plain = comp.preprocess
+
+    def preprocess(payload):
+        if isinstance(payload, str) and payload in valid():
+            return payload
+        return plain(payload)
+
+    comp.preprocess = preprocess
+    return comp
+
+
 def engine_picture(label: str, elem_id: str, download: bool = False, visible: bool = True) -> gr.Image:
     """An output picture of the Translate tab: small engine pictures fill their box, enlarged without smoothing."""
     return gr.Image(label=label, elem_id=elem_id, format="png", interactive=False, height=256,
@@ -135,12 +152,14 @@ class PokelabApp:
 
     # ---- review sources ---------------------------------------------------------------------------
     def review_sources(self) -> list[ReviewSource]:
-        gens = self.catalog.generators()
+        """Every generation export (collapsed ones marked: ``ReviewBook`` leaves them out of every pair), the
+        training images behind the exports that are not collapsed, and SD with --sd-in-review."""
         out: list[ReviewSource] = []
-        for e in gens:
+        for e in self.catalog.generators():
             out.append(ReviewSource(e.source_id, "engine", e.label(), e.image_size,
-                                    functools.partial(self._draw_engine, e.key)))
-        # one real source per training set behind the exports, loaded at the largest export size
+                                    functools.partial(self._draw_engine, e.key), collapsed=e.collapsed))
+        # one real source per training set behind the exports in the pool, loaded at the largest export size
+        gens = [e for e in self.catalog.generators() if not e.collapsed]
         biggest = max((e.image_size for e in gens), default=0)
         seen: set[str] = set()
         for e in gens:
@@ -187,7 +206,8 @@ class PokelabApp:
                 notes.append(f"no translation rounds from {name}: {problem or 'its pictures have no file names'}")
                 continue
             sources = [TranslationSource(e.source_id, "translate", e.label(), e.image_size,
-                                         functools.partial(self._render_translation, e.key)) for e in entries]
+                                         functools.partial(self._render_translation, e.key), collapsed=e.collapsed)
+                       for e in entries]
             seen: set[str] = set()
             for e in entries:
                 target = str(e.dataset.get("name") or "")
@@ -201,8 +221,12 @@ class PokelabApp:
                                                      "input's file name", size,
                                                      functools.partial(self._render_paired, rs, index),
                                                      accepts=index.__contains__))
-            if len(sources) < 2:
-                notes.append(f"no translation rounds from {name}: one translation export ({entries[0].key}) and "
+            if not any(not x.collapsed for x in sources if x.kind == "translate"):
+                notes.append(f"no translation rounds from {name}: its translation exports are flagged collapsed")
+                continue
+            if len([x for x in sources if not x.collapsed]) < 2:
+                alive = [e for e in entries if not e.collapsed]
+                notes.append(f"no translation rounds from {name}: one translation export ({alive[0].key}) and "
                              "no target picture shares a file name with its inputs; a second translation export "
                              "of the same input set would make a pair")
                 continue
@@ -267,9 +291,9 @@ class PokelabApp:
     def sd_status(self) -> str:
         return f"Model: `{self.cfg.sd_model}` — {self.sd.status()}"
 
-    def export_summary(self, key: str | None) -> str:
+    def export_summary(self, key: str | None, kind: str = "generate") -> str:
         if not key or key not in self.catalog.entries:
-            return ""
+            return self.picker_note(kind)
         entry = self.catalog.entries[key]
         f = entry.facts()
         bits = [f"**{f['engine']}**", f"{f['image_size']} px"]
@@ -281,12 +305,47 @@ class PokelabApp:
             bits.append("both directions" if "BA" in entry.directions else "one direction")
             if entry.has_attention:
                 bits.append("attention maps")
-            return " · ".join(bits)
-        if f["dataset"]:
-            bits.append(f"on *{f['dataset']}*" + (f" ({f['images']} images)" if f["images"] else ""))
-        if f["supports"]:
-            bits.append("supports " + ", ".join(f["supports"]))
-        return " · ".join(bits)
+        else:
+            if f["dataset"]:
+                bits.append(f"on *{f['dataset']}*" + (f" ({f['images']} images)" if f["images"] else ""))
+            if f["supports"]:
+                bits.append("supports " + ", ".join(f["supports"]))
+        return " · ".join(bits) + "  \n" + self.quality_line(entry)
+
+    # ---- export pickers: collapsed exports only on request ----------------------------------------------
+    def picker_choices(self, kind: str, show_collapsed: bool = False) -> list[tuple[str, str]]:
+        """(label, key) of what a picker offers: exports not flagged collapsed, then, on request, the
+        collapsed ones, last (``ExportCatalog.listed``)."""
+        return [(e.label(), e.key) for e in self.catalog.listed(kind, bool(show_collapsed))]
+
+    def picker_update(self, kind: str, show_collapsed: bool, current: str | None):
+        """The picker after *Show collapsed exports* was (un)ticked: its choices, the current export kept
+        when still listed, else the first listed (none when every export of the kind is collapsed)."""
+        choices = self.picker_choices(kind, show_collapsed)
+        keys = [k for _, k in choices]
+        return gr.update(choices=choices, value=current if current in keys else (keys[0] if keys else None))
+
+    def picker_note(self, kind: str = "generate") -> str:
+        """Under a picker with nothing picked: why, when every export of the kind is flagged collapsed."""
+        flagged = self.catalog.collapsed(kind)
+        if flagged and not self.catalog.listed(kind):
+            return (f"Every {'translation' if kind == 'translate' else 'generation'} export here "
+                    f"({len(flagged)}) is flagged collapsed by its run's last evaluation. Tick *Show collapsed "
+                    "exports* to pick one anyway.")
+        return ""
+
+    @staticmethod
+    def quality_line(entry: ExportEntry) -> str:
+        """The export's last evaluation in one line (under a picker): scores, epoch, collapse flag."""
+        q = entry.quality
+        if not q.evaluated:
+            return f"Last evaluation: none — not evaluated ({q.problem})"
+        at = f" at epoch {q.epoch}" if q.epoch is not None else ""
+        line = f"Last evaluation{at}: {q.scores()}"
+        if q.collapsed:
+            return (line + " · **⚠ mode collapse flagged** — samples are far more alike than real images "
+                    "(left out of the review and of the default list)")
+        return line + (f" · {q.collapse_text()}" if q.collapse_text() else "")
 
     def empty_state(self, kind: str = "generate") -> str:
         roots = "\n".join(f"- `{r}`" for r in self.catalog.roots) or "- (none)"
@@ -310,8 +369,8 @@ class PokelabApp:
         if not entries:
             lines.append("None found — see the Generate tab for how to add one.")
         else:
-            lines += ["| Export | Engine | Image | Epochs | Trained on | Trained with |",
-                      "|---|---|---|---|---|---|"]
+            lines += ["| Engine | Export | Image | Epochs | Trained on | Last evaluation | Collapse | Trained with |",
+                      "|---|---|---|---|---|---|---|---|"]
             for e in entries:
                 f = e.facts()
                 ds = (f["dataset"] or "?") + (f" ({f['images']} images)" if f["images"] else "")
@@ -329,8 +388,23 @@ class PokelabApp:
                 if f["run_id"]:
                     how.append(f"run `{f['run_id']}`")
                 kind = "" if e.kind == "generate" else f" ({e.kind})"
-                lines.append(f"| **{e.key}**<br><small>`{f['folder']}`</small> | {f['engine']}{kind} | {f['image_size']} px "
-                             f"| {f['epochs'] if f['epochs'] is not None else '?'} | {ds} | {', '.join(how) or '—'} |")
+                q = e.quality
+                if q.evaluated:
+                    ev = q.scores() + (f"<br><small>at epoch {q.epoch} (the last of {q.evaluations})</small>"
+                                       if q.epoch is not None else "")
+                else:
+                    ev = f"not evaluated<br><small>{q.problem}</small>"
+                col = q.collapse_text(detail=True) or ("not measured" if q.evaluated else "—")
+                if q.collapsed:
+                    col = f"**{col}**"
+                lines.append(f"| **{f['engine']}**{kind} | {e.key}<br><small>`{f['folder']}`</small> "
+                             f"| {f['image_size']} px | {f['epochs'] if f['epochs'] is not None else '?'} | {ds} "
+                             f"| {ev} | {col} | {', '.join(how) or '—'} |")
+            flagged = self.catalog.collapsed()
+            if flagged:
+                lines += ["", f"{len(flagged)} export(s) flagged collapsed by their run's last evaluation "
+                          f"({', '.join(e.engine_name + ' ' + e.key for e in flagged)}): not in the default "
+                          "export lists (tick *Show collapsed exports*) and never in the blind review."]
         if self.catalog.problems:
             lines += ["", "Could not read: " + "; ".join(self.catalog.problems[:8])]
         try:
@@ -389,7 +463,7 @@ class PokelabApp:
         return gan.strip(x), gif, video, info
 
     def on_export_change(self, key):
-        sup = self.catalog.entries[key].supports if key in self.catalog.entries else set()
+        sup = self.catalog.entries[key].supports if key and key in self.catalog.entries else set()
         return self.export_summary(key), gr.update(visible="truncation" in sup)
 
     def on_gen_export_change(self, key):
@@ -434,7 +508,7 @@ class PokelabApp:
         entry = self.catalog.entries.get(key)
         dirs = entry.directions if entry is not None else ()
         att = entry is not None and entry.has_attention
-        return (self.export_summary(key),
+        return (self.export_summary(key, "translate"),
                 gr.update(choices=self.direction_choices(entry), value="AB", visible=len(dirs) > 1),
                 gr.update(value=None), gr.update(value=None),
                 gr.update(value=None, visible="BA" in dirs), gr.update(visible=att),
@@ -531,13 +605,20 @@ class PokelabApp:
 
     # ---- layout -----------------------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
-        gens = self.catalog.generators()
-        keys = [(e.label(), e.key) for e in gens]
-        first = gens[0].key if gens else None
-        first_sup = gens[0].supports if gens else set()
+        gens = self.catalog.generators()              # all of them: the tab shows when there is any
+        n_bad = len(self.catalog.collapsed("generate"))
+        keys = self.picker_choices("generate")        # the default list: collapsed exports left out
+        first = keys[0][1] if keys else None
+        first_entry = self.catalog.entries.get(first) if first else None
+        first_sup = first_entry.supports if first_entry else set()
+        gen_keys = lambda: {e.key for e in self.catalog.generators()}  # noqa: E731 - what a request may name
         trans = self.catalog.translators()
-        tkeys = [(e.label(), e.key) for e in trans]
-        tfirst = trans[0] if trans else None
+        t_bad = len(self.catalog.collapsed("translate"))
+        tkeys = self.picker_choices("translate")
+        tfirst = self.catalog.entries.get(tkeys[0][1]) if tkeys else None
+        trans_keys = lambda: {e.key for e in self.catalog.translators()}  # noqa: E731
+        show_info = ("their run's last evaluation flagged mode collapse (samples far more alike than real "
+                     "images); they are listed last")
         rembg_choices = list(tr.REMBG_CHOICES)
         if self.cfg.rembg_model_path is not None:
             rembg_choices.insert(0, (f"model file {Path(self.cfg.rembg_model_path).name}", tr.CUSTOM_MODEL))
@@ -553,7 +634,10 @@ class PokelabApp:
                         gr.Markdown(self.empty_state(), elem_classes="pl-empty")
                     with gr.Row(visible=bool(gens)):
                         with gr.Column(scale=1, min_width=260):
-                            g_export = gr.Dropdown(keys, value=first, label="Engine export")
+                            g_export = export_picker(keys, first, gen_keys, label="Engine export",
+                                                     elem_id="gen-export")
+                            g_show = gr.Checkbox(False, label=f"Show collapsed exports ({n_bad})", info=show_info,
+                                                 visible=n_bad > 0, elem_id="gen-show-collapsed")
                             g_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
                             with gr.Row():
                                 g_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=L.max_seed)
@@ -577,7 +661,7 @@ class PokelabApp:
                                 g_to_b = gr.Button("Use as end (B)", size="sm")
                             g_files = gr.File(label="Grid as one PNG (single images: the gallery's download buttons)",
                                               interactive=False)
-                            first_mix = gens[0].config.get("extra", {}) if gens else {}
+                            first_mix = first_entry.config.get("extra", {}) if first_entry else {}
                             with gr.Accordion("Style mixing (StyleGAN2)", open=False,
                                               visible="style_mixing" in first_sup) as g_mix_box:
                                 gr.Markdown("Each cell takes the coarse styles (pose, shape) of its row's seed and "
@@ -608,7 +692,10 @@ class PokelabApp:
                         gr.Markdown(self.empty_state(), elem_classes="pl-empty")
                     with gr.Row(visible=bool(gens)):
                         with gr.Column(scale=1, min_width=260):
-                            i_export = gr.Dropdown(keys, value=first, label="Engine export")
+                            i_export = export_picker(keys, first, gen_keys, label="Engine export",
+                                                     elem_id="interp-export")
+                            i_show = gr.Checkbox(False, label=f"Show collapsed exports ({n_bad})", info=show_info,
+                                                 visible=n_bad > 0)
                             i_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
                             with gr.Row():
                                 i_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=L.max_seed)
@@ -642,9 +729,11 @@ class PokelabApp:
                         with gr.Column(scale=1, min_width=280):
                             x_upload = picture_upload(label="Your picture", sources=["upload", "clipboard"], height=220,
                                                       elem_id="tr-upload", elem_classes=["pl-pixel", "pl-fill"])
-                            x_export = gr.Dropdown(tkeys, value=tfirst.key if tfirst else None,
-                                                   label="Translation export", elem_id="tr-export")
-                            x_facts = gr.Markdown(self.export_summary(tfirst.key if tfirst else None),
+                            x_export = export_picker(tkeys, tfirst.key if tfirst else None, trans_keys,
+                                                     label="Translation export", elem_id="tr-export")
+                            x_show = gr.Checkbox(False, label=f"Show collapsed exports ({t_bad})", info=show_info,
+                                                 visible=t_bad > 0)
+                            x_facts = gr.Markdown(self.export_summary(tfirst.key if tfirst else None, "translate"),
                                                   elem_classes="pl-facts")
                             x_dir = gr.Radio(self.direction_choices(tfirst), value="AB", label="Direction",
                                              visible=tfirst is not None and len(tfirst.directions) > 1)
@@ -756,6 +845,15 @@ class PokelabApp:
 
             # ---------------- events ----------------
             priv = {"api_visibility": "private"}
+            # one choice for both generation pickers: ticking either box lists the collapsed exports in both
+            def show_gen(show, g_key, i_key):
+                return (self.picker_update("generate", show, g_key), self.picker_update("generate", show, i_key),
+                        bool(show))
+
+            g_show.input(show_gen, [g_show, g_export, i_export], [g_export, i_export, i_show], **priv)
+            i_show.input(show_gen, [i_show, g_export, i_export], [g_export, i_export, g_show], **priv)
+            x_show.input(lambda show, key: self.picker_update("translate", show, key), [x_show, x_export], x_export,
+                         **priv)
             g_export.change(h(self.on_gen_export_change), g_export, [g_facts, g_psi, g_mix_box, g_cross], **priv)
             i_export.change(h(self.on_interp_export_change), i_export, [i_facts, i_psi, i_mode], **priv)
             g_mix_btn.click(h(self.style_mix), [g_export, g_rows, g_cols, g_cross, g_psi], g_mix_img,
