@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
@@ -482,6 +482,7 @@ def _load_stylegan(run: Run) -> None:
         recs, warns = R.read_jsonl(stats)
         run.warnings += [w for w in warns if "partial last line" not in w]
         run.notes += [w for w in warns if "partial last line" in w]
+        prev_kimg: float | None = 0.0
         for rec in recs:
             row: dict[str, Any] = {"x": _mean(rec.get("Progress/kimg")), "time": _num(rec.get("timestamp"))}
             for k, v in rec.items():
@@ -509,6 +510,16 @@ def _load_stylegan(run: Run) -> None:
             total = _mean(rec.get("Timing/total_sec"))
             if total is not None:
                 row["wall"] = total
+            # training time of the tick: the tool measures it from the end of the previous tick's maintenance
+            # (snapshots, grids, metrics) to the tick's end, so evaluation is left out, as in epoch_seconds
+            tick = _mean(rec.get("Timing/sec_per_tick"))
+            kimg = row["x"]
+            if tick is None and spk is not None and kimg is not None and prev_kimg is not None:
+                tick = spk * (kimg - prev_kimg)
+            if tick is not None and tick >= 0:
+                row["tick_seconds"] = tick
+            if kimg is not None:
+                prev_kimg = kimg
             rows.append(row)
     else:
         run.warnings.append("no stats.jsonl")
@@ -700,6 +711,255 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     cols = ["run", "tool", "engine", "kind", "dataset", "status", "done", "planned", "unit", "progress", "best FID",
             "best FID at", "last KID", "last KID std", "img/s", "wall time", "samples", "warnings", "path"]
     return pd.DataFrame([summarize(r) for r in runs], columns=cols)
+
+
+# ---- x axes: epochs, training hours, images seen ------------------------------------------------------
+#: the x axes the trend figures offer. "epoch": each run's own unit (epochs for pokelab runs, kimg for
+#: stylegan2-ada, steps for lightweight-gan); "hours": training wall clock, evaluation excluded; "kimg":
+#: thousands of training images drawn (docs/studio.md, "x axis")
+X_AXES = {"epoch": "epochs", "hours": "training hours", "kimg": "images seen (kimg)"}
+
+
+@dataclass
+class XMap:
+    """A run's own x (epochs, kimg) to another axis: linear between known points (exact at them, e.g. at
+    every epoch end), NaN outside them (left out of figures)."""
+    unit: str
+    native: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    notes: list[str] = field(default_factory=list)
+    identity: bool = False   # the run's own unit already is this axis (stylegan2-ada and kimg)
+
+    def __call__(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        if self.identity:
+            return x.copy()
+        if not len(self.native):
+            return np.full(x.shape, np.nan)
+        return np.interp(x, self.native, self.values, left=np.nan, right=np.nan)
+
+    def at(self, x: float | None) -> float | None:
+        """One value; None where it cannot be placed."""
+        if x is None:
+            return None
+        v = float(self(x))
+        return v if v == v else None
+
+    @property
+    def end(self) -> float | None:
+        """The axis value of the run's last known point (its training hours or kimg so far)."""
+        return float(self.values[-1]) if len(self.values) else None
+
+
+def batch_size(run: Run) -> int | None:
+    """The training batch size from run.json's config (stylegan2-ada: training_options.json)."""
+    cfg = run.info.get("config") if isinstance(run.info.get("config"), dict) else run.info
+    bs = cfg.get("batch_size") if isinstance(cfg, dict) else None
+    return int(bs) if isinstance(bs, (int, float)) and not isinstance(bs, bool) and bs > 0 else None
+
+
+def _start(native: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training starts at 0 on both axes (epoch 0 = 0 hours = 0 images)."""
+    if len(native) and native[0] > 0:
+        return np.concatenate([[0.0], native]), np.concatenate([[0.0], values])
+    return native, values
+
+
+def _epoch_grid(run: Run) -> np.ndarray:
+    """Every epoch from 1 to the last one with a train line (pokelab epochs are whole numbers)."""
+    xs = np.sort(run.train["x"].to_numpy(dtype=float))
+    if len(xs) and np.all(xs >= 1) and np.allclose(xs, np.round(xs)) and xs[-1] <= 10_000_000:
+        return np.arange(1, int(round(xs[-1])) + 1, dtype=float)
+    return xs
+
+
+def _pokelab_hours(run: Run) -> tuple[XMap | None, str]:
+    sec = run.column("train", "epoch_seconds")
+    if sec is None:
+        return None, "no epoch_seconds in metrics.jsonl (a run from before the field, or not written by pokelab)"
+    sec = sec[sec >= 0]
+    if not len(sec):
+        return None, "no usable epoch_seconds in metrics.jsonl"
+    grid = _epoch_grid(run)
+    logged = pd.Series(sec.to_numpy(), index=sec.index.astype(float))
+    logged = logged[~logged.index.duplicated(keep="last")]
+    secs = logged.reindex(grid)
+    notes: list[str] = []
+    missing = int(secs.isna().sum())
+    if missing:
+        fill = float(logged.median())
+        notes.append(f"{missing} epoch(s) without epoch_seconds counted at the run's median epoch time "
+                     f"({fill:.1f} s)")
+        secs = secs.fillna(fill)
+    secs, note = _unlogged_time(run, grid, secs)
+    if note:
+        notes.append(note)
+    native, values = _start(grid, np.cumsum(secs.to_numpy()) / 3600.0)
+    return XMap("hours", native, values, notes), ""
+
+
+def _unlogged_time(run: Run, grid: np.ndarray, secs: pd.Series) -> tuple[pd.Series, str]:
+    """An epoch cut short by SIGINT/SIGTERM is finished after the resume, and its ``epoch_seconds`` only times
+    the batches after the resume; the batches before it are in run.json's ``wall_seconds`` (the trainer adds
+    them there, writes run.json with the last complete epoch and saves them in the checkpoint). So where
+    run.json's ``wall_seconds`` exceeds the logged epoch times up to run.json's ``epoch``, the difference is
+    given to the epochs up to the one after it that trained more images than they timed (step x batch size
+    against img_per_s x epoch_seconds), in proportion to the missing images. run.json's progress fields may
+    lag the log by some epochs while a run trains (the trainer rewrites them every 30 s or so), hence the
+    comparison at run.json's epoch rather than at the last logged one. kill -9 and NaN rollbacks need nothing:
+    the trainer drops both the time and the lines after the checkpoint."""
+    wall, ep = _num(run.info.get("wall_seconds")), _num(run.info.get("epoch"))
+    if wall is None or ep is None or not len(grid) or ep > grid[-1]:
+        return secs, ""  # run.json ahead of the log (lines lost, or from before a resume): nothing to compare
+    gap = wall - float(secs[grid <= ep].sum())
+    if abs(gap) <= max(1.0, 1e-3 * wall):
+        return secs, ""
+    if gap < 0:  # while a run trains, run.json may be stale in either direction: only said once it stopped
+        return secs, ("" if run.status == "running" else
+                      f"the logged epoch times up to epoch {fmt_x(ep)} add up to {-gap:.0f} s more than run.json's "
+                      f"wall_seconds ({wall:.0f} s); the logged times are used")
+    bs = batch_size(run)
+    step, ips = run.column("train", "step"), run.column("train", "img_per_s")
+    short = pd.Series(dtype=float)
+    if bs and step is not None and ips is not None:
+        steps = step[~step.index.duplicated(keep="last")].reindex(grid)
+        before = steps.shift(1)
+        if grid[0] == 1:
+            before.iloc[0] = 0.0
+        trained = (steps - before) * bs
+        timed = ips[~ips.index.duplicated(keep="last")].reindex(grid) * secs
+        short = (trained - timed)
+        short = short[(short > bs / 2) & (short.index <= ep + 1)]
+    if not len(short):
+        return secs, (f"run.json's wall_seconds is {gap:.0f} s more than the logged epoch times up to epoch "
+                      f"{fmt_x(ep)} (training in an epoch cut short and not logged yet); the axis follows the "
+                      f"logged times")
+    secs = secs.copy()
+    secs.loc[short.index] += gap * short / short.sum()
+    eps = ", ".join(fmt_x(x) for x in short.index[:8]) + (" …" if len(short) > 8 else "")
+    return secs, (f"epoch(s) {eps} resumed mid-epoch: the training before the interruption ({gap:.0f} s, "
+                  f"run.json's wall_seconds minus the logged epoch times) is added to them")
+
+
+def _pokelab_kimg(run: Run) -> tuple[XMap | None, str]:
+    bs = batch_size(run)
+    if not bs:
+        return None, "no batch_size in run.json's config"
+    # eval lines carry the step of their epoch too; where the two disagree the train line counts
+    parts = [df[["x", "step"]] for df in (run.evals, run.train) if "step" in df.columns and len(df)]
+    if not parts:
+        return None, "no step in metrics.jsonl"
+    xs = pd.concat(parts).apply(pd.to_numeric, errors="coerce").dropna()
+    if not len(xs):
+        return None, "no step in metrics.jsonl"
+    xs = xs.drop_duplicates("x", keep="last").sort_values("x")
+    native, values = _start(xs["x"].to_numpy(dtype=float), xs["step"].to_numpy(dtype=float) * bs / 1000.0)
+    notes = []
+    if run.translate:
+        notes.append("images of the source domain (A): step × batch size; every step also draws as many target "
+                     "(B) images")
+    return XMap("kimg", native, values, notes), ""
+
+
+def _stylegan_hours(run: Run) -> tuple[XMap | None, str]:
+    tick = run.column("train", "tick_seconds")
+    if tick is None:
+        return None, "no Timing/sec_per_tick or Timing/sec_per_kimg in stats.jsonl"
+    native, values = _start(tick.index.to_numpy(dtype=float), np.cumsum(tick.to_numpy()) / 3600.0)
+    return XMap("hours", native, values,
+                ["training time: the sum of Timing/sec_per_tick (snapshots and metrics excluded)"]), ""
+
+
+def x_map(run: Run, axis: str) -> tuple[XMap | None, str]:
+    """How to put a run on ``axis`` ("hours" or "kimg"); (None, why) when the run did not log what it takes.
+
+    - hours (training wall clock, evaluation excluded): pokelab — the cumulative ``epoch_seconds`` of the
+      train lines (see ``_unlogged_time`` for epochs resumed mid-epoch); stylegan2-ada — the cumulative
+      ``Timing/sec_per_tick``; lightweight-gan — not logged.
+    - kimg (images seen / 1000): pokelab — step x ``config.batch_size`` (translation: source-domain images);
+      stylegan2-ada — its own kimg; lightweight-gan — its batch size is not in the results folder.
+    """
+    if axis not in ("hours", "kimg"):
+        raise ValueError(f"unknown x axis {axis!r} (hours or kimg)")
+    if run.tool == "pokelab":
+        return _pokelab_hours(run) if axis == "hours" else _pokelab_kimg(run)
+    if run.tool == "stylegan2-ada":
+        return _stylegan_hours(run) if axis == "hours" else (XMap("kimg", identity=True), "")
+    if run.tool == "lightweight-gan":
+        return None, ("lightweight-gan logs no training time" if axis == "hours" else
+                      "lightweight-gan's results folder does not record the batch size")
+    return None, f"{run.tool} runs cannot be put on this axis"
+
+
+def _remap_frame(df: pd.DataFrame, m: XMap) -> pd.DataFrame:
+    if "x" not in df.columns or not len(df):
+        return df
+    out = df.copy()
+    out["x"] = m(out["x"].to_numpy(dtype=float))
+    return out[out["x"].notna()].reset_index(drop=True)
+
+
+def on_axis(run: Run, axis: str) -> tuple[Run, str]:
+    """The run for figures against ``axis`` ("epoch": each run's own unit, unchanged): a copy whose train and
+    eval frames, events and grids carry x on that axis and whose ``x_unit`` is the axis, and "". A run that
+    cannot be put there comes back unchanged (on its own unit) with the reason."""
+    if axis == "epoch" or (run.x_unit == axis):
+        return run, ""
+    m, why = x_map(run, axis)
+    if m is None:
+        return run, why
+    if m.identity:
+        return run, ""
+    events = [{**e, "x": m.at(e.get("x"))} for e in run.events]
+    samples = [(v, p) for x, p in run.samples if (v := m.at(x)) is not None]
+    return (replace(run, x_unit=m.unit, train=_remap_frame(run.train, m), evals=_remap_frame(run.evals, m),
+                    events=events, samples=samples, notes=run.notes + m.notes), "")
+
+
+def points_on_axis(run: Run, axis: str, pts: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+    """(x, y) points of a run against its own x (e.g. the grid diversity by epoch) put on ``axis``, as
+    ``on_axis`` does with its frames; unchanged where the run stays on its own unit."""
+    if not pts or axis == "epoch" or run.x_unit == axis:
+        return pts
+    m, _ = x_map(run, axis)
+    if m is None or m.identity:
+        return pts
+    return [(v, y) for x, y in pts if (v := m.at(x)) is not None]
+
+
+def training_hours(run: Run) -> float | None:
+    """Total training time of a run so far in hours, evaluation excluded: pokelab — the larger of run.json's
+    ``wall_seconds`` (it includes an epoch cut short and not logged yet, but lags the log by some epochs while
+    the run trains) and the logged epoch times; stylegan2-ada — the sum of its tick times."""
+    m, _ = x_map(run, "hours")
+    ends = [v for v in (m.end if m is not None else None,
+                        run.wall_seconds / 3600.0 if run.tool == "pokelab" and run.wall_seconds is not None else None)
+            if v is not None]
+    return max(ends) if ends else None
+
+
+def image_size(run: Run) -> int | None:
+    """The training resolution (pokelab: config.image_size; stylegan2-ada: the dataset's resolution)."""
+    cfg = run.info.get("config") if isinstance(run.info.get("config"), dict) else {}
+    ts = run.info.get("training_set_kwargs") if isinstance(run.info.get("training_set_kwargs"), dict) else {}
+    v = cfg.get("image_size", ts.get("resolution"))
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def eval_count(run: Run) -> int | None:
+    """Samples per evaluation: the last logged ``eval_n``, else config.eval_n; stylegan2-ada: from the metric's
+    name (fid50k_full: 50,000)."""
+    n, _ = last_value(run, "evals", "eval_n")
+    if n is not None:
+        return int(n)
+    cfg = run.info.get("config") if isinstance(run.info.get("config"), dict) else {}
+    if isinstance(cfg.get("eval_n"), int):
+        return int(cfg["eval_n"])
+    for c in run.evals.columns:
+        mt = re.match(r"^fid(\d+)k", str(c))
+        if mt:
+            return int(mt.group(1)) * 1000
+    return None
 
 
 # ---- judging -------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def _train_lines(epochs: int, rng: np.random.Generator, t0: float, d_acc_end: fl
                "acc/D_real": float(np.clip(acc + rng.normal(0, 0.05), 0, 1)),
                "acc/D_fake": float(np.clip(acc - 0.03 + rng.normal(0, 0.05), 0, 1)),
                "img_per_s": float(ips * (1 + rng.normal(0, 0.02))), "augment_p": round(min(0.6, 0.002 * e), 4),
-               "lr/G": 2e-4}
+               "lr/G": 2e-4, "epoch_seconds": 12.5}  # as run.json's wall_seconds (epochs x 12.5 s)
         for k in extra_losses:
             rec[k] = float(2.5 * math.exp(-3 * f) + 0.4 + rng.normal(0, 0.05))
         lines.append(rec)
@@ -253,7 +253,7 @@ def write_translation_run(dest: Path, run_id: str = "20250306-100000-cyclegan-sp
         "device": "cuda:0 (NVIDIA H100 80GB HBM3)", "amp": "bfloat16",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "epoch": epochs_done, "step": epochs_done * steps, "wall_seconds": round(epochs_done * 30.0, 2),
+        "epoch": epochs_done, "step": epochs_done * steps, "wall_seconds": round(epochs_done * 27.0, 2),
         "format_version": 1,
     }
     atomic_write_json(d / "run.json", info)

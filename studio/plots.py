@@ -1,8 +1,10 @@
 """Plotly figures of the studio: pure functions of loaded runs (no Streamlit), so tests can count traces.
 
-x axes: each tool keeps its own unit (pokelab: epochs; stylegan2-ada: kimg; lightweight-gan: steps).
-When runs of several tools are overlaid, the first unit is the bottom axis and every other unit gets
-its own axis along the top, named after the unit and the tool - the scales are not comparable.
+x axes: each run is drawn against its ``x_unit`` — its tool's own (pokelab: epochs; stylegan2-ada: kimg;
+lightweight-gan: steps) or, for runs put on another axis with ``studio.data.on_axis``, training hours or
+kimg. When the runs of a figure are in several units, the first unit is the bottom axis and every other
+unit gets its own axis along the top, named after the unit and the tools drawn on it - the scales are not
+comparable.
 """
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ from plotly.colors import qualitative
 from .data import Pair, Run, collapse_points, ema, loss_keys
 
 PALETTE = qualitative.D3 + qualitative.Dark24  # D3's ten are easy to tell apart
-UNIT_ORDER = ("epoch", "kimg", "step")
+UNIT_ORDER = ("epoch", "hours", "kimg", "step")
 UNIT_TOOL = {"epoch": "pokelab", "kimg": "stylegan2-ada", "step": "lightweight-gan"}
+#: axis titles per unit (the unit itself where not listed)
+UNIT_TITLE = {"hours": "training hours"}
+#: how hover labels print x per unit
+UNIT_HOVER = {"hours": ":.3f"}
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 EVENT_MARKS = {"nan_rollback": "NaN rollback", "resumed": "resumed", "interrupted": "interrupted",
                "nan_stop": "NaN stop", "error": "error", "init_done": "init phase over"}
@@ -45,16 +51,32 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _axes(runs: list[Run]) -> tuple[dict[str, str], dict]:
-    """Axis id per x unit and the layout entries that define those axes."""
+def unit_tools(runs: Iterable[Run]) -> dict[str, list[str]]:
+    """The x units of the runs (in axis order) and the tools drawn in each."""
+    runs = list(runs)
     units = [u for u in UNIT_ORDER if any(r.x_unit == u for r in runs)]
     units += sorted({r.x_unit for r in runs} - set(units))
-    units = units or ["epoch"]
+    out: dict[str, list[str]] = {}
+    for u in units:
+        for r in runs:
+            if r.x_unit == u and r.tool not in out.setdefault(u, []):
+                out[u].append(r.tool)
+    return out
+
+
+def _axes(runs: list[Run], axis: str | None = None) -> tuple[dict[str, str], dict]:
+    """Axis id per x unit and the layout entries that define those axes; ``axis`` (the unit chosen on the
+    page) is the bottom one when some run is in it (runs that could not be put on it go along the top)."""
+    tools = unit_tools(runs)
+    units = list(tools) or [axis or "epoch"]
+    if axis in units:
+        units.remove(axis)
+        units.insert(0, axis)
     ids = {u: ("x" if k == 0 else f"x{k + 1}") for k, u in enumerate(units)}
     several = len(units) > 1
     layout: dict = {}
     for k, u in enumerate(units):
-        title = u + (f" ({UNIT_TOOL.get(u, '')})" if several and UNIT_TOOL.get(u) else "")
+        title = UNIT_TITLE.get(u, u) + (f" ({', '.join(tools[u])})" if several and tools.get(u) else "")
         name = "xaxis" if k == 0 else f"xaxis{k + 1}"
         ax = {"title": {"text": title}, "showgrid": k == 0, "zeroline": False}
         if k > 0:
@@ -67,8 +89,9 @@ def _axes(runs: list[Run]) -> tuple[dict[str, str], dict]:
     return ids, layout
 
 
-def _base(title: str, ytitle: str, runs: list[Run], height: int = 380) -> tuple[go.Figure, dict[str, str]]:
-    ids, axes = _axes(runs)
+def _base(title: str, ytitle: str, runs: list[Run], height: int = 380,
+          axis: str | None = None) -> tuple[go.Figure, dict[str, str]]:
+    ids, axes = _axes(runs, axis)
     fig = go.Figure()
     top = 40 + 48 * min(1, len(ids) - 1)
     # no plotly legend: runs keep one colour in every figure and the page shows one colour key
@@ -105,6 +128,11 @@ def _xref(ids: dict[str, str], run: Run) -> str:
     return ids.get(run.x_unit, "x")
 
 
+def _xh(run: Run) -> str:
+    """x in a hover label: the unit and the value."""
+    return f"{run.x_unit} %{{x{UNIT_HOVER.get(run.x_unit, '')}}}"
+
+
 def _series(run: Run, frame: str, name: str) -> pd.Series | None:
     return run.column(frame, name)
 
@@ -115,9 +143,10 @@ def empty_note(fig: go.Figure, text: str) -> go.Figure:
     return fig
 
 
-def fid_figure(runs: list[Run], colours: dict[str, str], metric: str = "fid", title: str = "FID (lower is better)") -> go.Figure:
+def fid_figure(runs: list[Run], colours: dict[str, str], metric: str = "fid", title: str = "FID (lower is better)",
+               axis: str | None = None) -> go.Figure:
     """One line per run that logged the metric; the best point of each run is drawn larger."""
-    fig, ids = _base(title, metric.upper() if metric in ("fid", "kid") else metric, runs)
+    fig, ids = _base(title, metric.upper() if metric in ("fid", "kid") else metric, runs, axis=axis)
     for r in runs:
         s = _series(r, "evals", metric)
         if s is None:
@@ -128,15 +157,15 @@ def fid_figure(runs: list[Run], colours: dict[str, str], metric: str = "fid", ti
         fig.add_trace(go.Scatter(
             x=s.index, y=s.to_numpy(), name=r.label, mode="lines+markers", xaxis=_xref(ids, r),
             line={"color": colours.get(r.key)}, marker={"size": sizes},
-            hovertemplate=f"{r.label}<br>{r.x_unit} %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>"))
+            hovertemplate=f"{r.label}<br>{_xh(r)}<br>{metric} %{{y:.3f}}<extra></extra>"))
     if not fig.data:
         empty_note(fig, "no run with FID yet")
     return fig
 
 
-def kid_figure(runs: list[Run], colours: dict[str, str]) -> go.Figure:
+def kid_figure(runs: list[Run], colours: dict[str, str], axis: str | None = None) -> go.Figure:
     """KID per run, with a +-1 std band where the run logged ``kid_std`` (band + line = 2 traces)."""
-    fig, ids = _base("KID (lower is better; band: ± 1 std over subsets)", "KID", runs)
+    fig, ids = _base("KID (lower is better; band: ± 1 std over subsets)", "KID", runs, axis=axis)
     for r in runs:
         s = _series(r, "evals", "kid")
         if s is None:
@@ -156,7 +185,7 @@ def kid_figure(runs: list[Run], colours: dict[str, str]) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=s.index, y=s.to_numpy(), name=r.label, mode="lines+markers", xaxis=_xref(ids, r),
             line={"color": c}, marker={"size": 5},
-            hovertemplate=f"{r.label}<br>{r.x_unit} %{{x}}<br>KID %{{y:.4f}}<extra></extra>"))
+            hovertemplate=f"{r.label}<br>{_xh(r)}<br>KID %{{y:.4f}}<extra></extra>"))
     if not fig.data:
         empty_note(fig, "no run with KID yet")
     return fig
@@ -164,10 +193,10 @@ def kid_figure(runs: list[Run], colours: dict[str, str]) -> go.Figure:
 
 def curves_figure(runs: list[Run], colours: dict[str, str], curves: list[Curve], title: str, ytitle: str,
                   smoothing: float = 0.0, raw_faint: bool = True, show_events: bool = False, height: int = 380,
-                  empty: str = "nothing logged", style_note: bool = True) -> go.Figure:
+                  empty: str = "nothing logged", style_note: bool = True, axis: str | None = None) -> go.Figure:
     """Several series per run (colour: run, dash: which series). With smoothing > 0 train series are EMA-smoothed
     and, with ``raw_faint``, the raw curve stays as a faint line under the smoothed one (2 traces per curve)."""
-    fig, ids = _base(title, ytitle, runs, height=height)
+    fig, ids = _base(title, ytitle, runs, height=height, axis=axis)
     for r in runs:
         c = colours.get(r.key, "#444")
         for cv in curves:
@@ -184,7 +213,7 @@ def curves_figure(runs: list[Run], colours: dict[str, str], curves: list[Curve],
             fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines" if cv.frame == "train" else "lines+markers",
                                      name=cv.label, xaxis=_xref(ids, r), **_group(fig, r),
                                      line={"color": c, "dash": cv.dash, "width": 2}, marker={"size": 6},
-                                     hovertemplate=f"{r.label} · {cv.label}<br>{r.x_unit} %{{x}}<br>%{{y:.4f}}"
+                                     hovertemplate=f"{r.label} · {cv.label}<br>{_xh(r)}<br>%{{y:.4f}}"
                                                    f"<extra></extra>"))
     if show_events:
         _mark_events(fig, runs, ids, colours)
@@ -200,17 +229,18 @@ def _short(key: str) -> str:
 
 
 def loss_figure(runs: list[Run], colours: dict[str, str], keys: list[str] | None = None,
-                smoothing: float = 0.0, show_events: bool = True) -> go.Figure:
+                smoothing: float = 0.0, show_events: bool = True, axis: str | None = None) -> go.Figure:
     """Every chosen ``loss/*`` of every run (colour: run, dash: which loss). With smoothing > 0 the raw
     curve stays as a faint line under the smoothed one (2 traces per curve)."""
     keys = loss_keys(runs) if keys is None else keys
     title = "Losses" + (f" (EMA smoothing {smoothing:.2f}; raw curves faint)" if smoothing > 0 else "")
     curves = [Curve("train", key, _short(key), DASHES[k % len(DASHES)]) for k, key in enumerate(keys)]
     return curves_figure(runs, colours, curves, title, "loss", smoothing, show_events=show_events, height=420,
-                         empty="no losses logged", style_note=len(keys) > 1)
+                         empty="no losses logged", style_note=len(keys) > 1, axis=axis)
 
 
-def translation_figure(runs: list[Run], colours: dict[str, str], pair: Pair, smoothing: float = 0.0) -> go.Figure:
+def translation_figure(runs: list[Run], colours: dict[str, str], pair: Pair, smoothing: float = 0.0,
+                       axis: str | None = None) -> go.Figure:
     """A per-direction pair of a translation run (``studio.data.TRANSLATION_PAIRS``): A→B solid, B→A dashed,
     eval series of the pair dotted with markers."""
     (ka, la), (kb, lb) = pair.ab, pair.ba
@@ -218,7 +248,7 @@ def translation_figure(runs: list[Run], colours: dict[str, str], pair: Pair, smo
     curves += [Curve("evals", k, label, "dot") for k, label in pair.evals]
     title = pair.title + (f" — EMA {smoothing:.2f}" if smoothing > 0 else "")
     return curves_figure(runs, colours, curves, title, "loss", smoothing, show_events=True, height=360,
-                         empty=f"no run logged {_short(ka)} or {_short(kb)}")
+                         empty=f"no run logged {_short(ka)} or {_short(kb)}", axis=axis)
 
 
 def _group(fig: go.Figure, run: Run) -> dict:
@@ -240,14 +270,15 @@ def _mark_events(fig: go.Figure, runs: list[Run], ids: dict[str, str], colours: 
                       annotation_font={"size": 10, "color": "#666"}, annotation_position="top left")
 
 
-def dacc_figure(runs: list[Run], colours: dict[str, str], smoothing: float = 0.0) -> go.Figure:
+def dacc_figure(runs: list[Run], colours: dict[str, str], smoothing: float = 0.0,
+                axis: str | None = None) -> go.Figure:
     """D accuracy on real (solid) and on fake (dash) per run, with the 0.5 reference line (EMA-smoothed
     when smoothing > 0)."""
     title = "D accuracy (0.5 = D cannot tell real from fake)" + (f", EMA {smoothing:.2f}" if smoothing > 0 else "")
     curves = [Curve("train", "acc/D_real", "real", "solid", "on real"),
               Curve("train", "acc/D_fake", "fake", "dash", "on fake")]
     fig = curves_figure(runs, colours, curves, title, "accuracy", smoothing, raw_faint=False,
-                        empty="no D accuracy logged")
+                        empty="no D accuracy logged", axis=axis)
     fig.add_hline(y=0.5, line={"color": "#888", "dash": "dot", "width": 1.5},
                   annotation_text="0.5", annotation_position="bottom right")
     fig.update_yaxes(range=[-0.02, 1.02])
@@ -256,12 +287,13 @@ def dacc_figure(runs: list[Run], colours: dict[str, str], smoothing: float = 0.0
 
 def diversity_figure(runs: list[Run], colours: dict[str, str],
                      computed: dict[str, list[tuple[float, float]]] | None = None,
-                     reference: dict[str, list[tuple[float, float]]] | None = None) -> go.Figure:
+                     reference: dict[str, list[tuple[float, float]]] | None = None,
+                     axis: str | None = None) -> go.Figure:
     """Mean pairwise MS-SSIM of generated samples (solid) against the real-image level (dotted); red
     crosses where the collapse flag fired. ``computed``: run key -> [(x, SSIM)] estimated from the saved
     grids (dash-dot; single-scale SSIM on tiles, an approximation; for translation runs: on the output
     column). ``reference``: run key -> [(x, SSIM)] of a translation grid's input column (long dash)."""
-    fig, ids = _base("Sample similarity (higher = less diverse; MS-SSIM)", "mean pairwise MS-SSIM", runs)
+    fig, ids = _base("Sample similarity (higher = less diverse; MS-SSIM)", "mean pairwise MS-SSIM", runs, axis=axis)
     computed = computed or {}
     reference = reference or {}
     for r in runs:
@@ -280,7 +312,7 @@ def diversity_figure(runs: list[Run], colours: dict[str, str],
             fig.add_trace(go.Scatter(x=pts, y=y, mode="markers", name="collapse flagged",
                                      xaxis=_xref(ids, r), **_group(fig, r),
                                      marker={"symbol": "x", "size": 12, "color": "#d62728", "line": {"width": 1}},
-                                     hovertemplate=f"{r.label}: collapse flagged ({src})<br>{r.x_unit} %{{x}}"
+                                     hovertemplate=f"{r.label}: collapse flagged ({src})<br>{_xh(r)}"
                                                    f"<extra></extra>"))
         est = computed.get(r.key)
         if est:
@@ -309,10 +341,11 @@ def diversity_figure(runs: list[Run], colours: dict[str, str],
 
 
 def scalar_figure(runs: list[Run], colours: dict[str, str], key: str, frame: str = "train",
-                  smoothing: float = 0.0, title: str | None = None, height: int = 320) -> go.Figure:
+                  smoothing: float = 0.0, title: str | None = None, height: int = 320,
+                  axis: str | None = None) -> go.Figure:
     """Any other logged scalar (img/s, augment p, translation eval metrics, ...), one line per run (eval
     series with markers: they are sparse)."""
-    fig, ids = _base(title or key, key, runs, height=height)
+    fig, ids = _base(title or key, key, runs, height=height, axis=axis)
     for r in runs:
         s = _series(r, frame, key)
         if s is None:
@@ -320,7 +353,7 @@ def scalar_figure(runs: list[Run], colours: dict[str, str], key: str, frame: str
         y = ema(s.to_numpy(), smoothing) if smoothing > 0 else s.to_numpy()
         fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines" if frame == "train" else "lines+markers",
                                  name=r.label, xaxis=_xref(ids, r), line={"color": colours.get(r.key)},
-                                 hovertemplate=f"{r.label}<br>{r.x_unit} %{{x}}<br>{key} %{{y:.4f}}<extra></extra>"))
+                                 hovertemplate=f"{r.label}<br>{_xh(r)}<br>{key} %{{y:.4f}}<extra></extra>"))
     if not fig.data:
         empty_note(fig, f"no run logged {key}")
     return fig

@@ -160,10 +160,49 @@ def show_image(run: D.Run, path: Path, roots: list[Path], caption: str, max_widt
 
 
 def unit_note(runs: list[D.Run]) -> None:
-    units = sorted({r.x_unit for r in runs})
-    if len(units) > 1:
-        st.caption("x axes: " + ", ".join(f"**{u}** for {P.UNIT_TOOL.get(u, u)} runs" for u in units)
+    tools = P.unit_tools(runs)
+    if len(tools) > 1:
+        st.caption("x axes: " + ", ".join(f"**{P.UNIT_TITLE.get(u, u)}** for {', '.join(t)} runs"
+                                          for u, t in tools.items())
                    + " — each unit has its own axis (bottom / top); the scales are not comparable.")
+
+
+AXIS_HELP = ("epochs: each run's own unit (epochs; kimg for stylegan2-ada folders, steps for lightweight-gan). "
+             "Training hours: the training wall clock, evaluation excluded (the cumulative epoch_seconds). "
+             "Images seen: step × batch size / 1000. Runs that did not log what an axis needs stay on their own "
+             "unit, along the top.")
+AXIS_CAPTION = {
+    "hours": "x: **training hours** — each epoch's training time (`epoch_seconds`) summed, so evaluation, sample "
+             "grids and checkpoints are left out; stylegan2-ada folders: their tick times (`Timing/sec_per_tick`). "
+             "Equal hours are equal compute only on the same hardware.",
+    "kimg": "x: **images seen** (kimg) — step × batch size / 1000, the training images drawn (translation runs: "
+            "source images; each step draws as many target images too); stylegan2-ada folders: their own kimg.",
+}
+
+
+def x_axis_choice(key: str, container=None) -> str:
+    """The x axis of the trend figures: "epoch", "hours" or "kimg" (studio.data.X_AXES)."""
+    return (container or st).radio("x axis", list(D.X_AXES), format_func=D.X_AXES.get, horizontal=True, key=key,
+                                   help=AXIS_HELP)
+
+
+def runs_on_axis(chosen: list[D.Run], axis: str) -> list[D.Run]:
+    """The chosen runs put on the x axis (studio.data.on_axis); what the axis is, which runs stay on their own
+    unit and why, and how a run's time was made up, as captions."""
+    shown, lines = [], []
+    for r in chosen:
+        s, why = D.on_axis(r, axis)
+        shown.append(s)
+        if why:
+            lines.append(f"⚠ **{r.label}** stays on its own x axis ({P.UNIT_TITLE.get(r.x_unit, r.x_unit)}, "
+                         f"drawn along the top): {why}.")
+        elif s is not r:
+            lines += [f"{r.label}: {n}." for n in s.notes[len(r.notes):]]
+    if axis in AXIS_CAPTION:
+        st.caption(AXIS_CAPTION[axis])
+    for line in lines:
+        st.caption(line)
+    return shown
 
 
 def grid_check(run: D.Run, roots: list[Path], sample: tuple[float, Path] | None = None) -> dict | None:
@@ -185,7 +224,8 @@ def verdict_block(run: D.Run, roots: list[Path]) -> None:
         st.markdown(f"{LEVEL_ICON[v['level']]} **{v['topic']}** — {v['text']}")
 
 
-def translation_section(chosen: list[D.Run], colours: dict[str, str], smoothing: float, prefix: str) -> None:
+def translation_section(chosen: list[D.Run], colours: dict[str, str], smoothing: float, prefix: str,
+                        axis: str | None = None) -> None:
     """Per-direction losses, cycle consistency and the translation eval metrics of the chosen translation runs
     (nothing when none is one). Figures two by two, keys ``{prefix}_tr_<n>`` and ``{prefix}_tr_<metric>``."""
     runs = [r for r in chosen if r.translate]
@@ -196,9 +236,10 @@ def translation_section(chosen: list[D.Run], colours: dict[str, str], smoothing:
                "pictures), dashed = B→A (G_BA, D_A, cycle_B, idt_A); eval series dotted with markers. "
                "LPIPS input ↔ output: lower = more of the input kept (it rises as the style changes more); "
                "LPIPS output ↔ target only when both sets share file ids.")
-    figs = [(f"{prefix}_tr_{i}", P.translation_figure(runs, colours, pair, smoothing))
+    figs = [(f"{prefix}_tr_{i}", P.translation_figure(runs, colours, pair, smoothing, axis=axis))
             for i, pair in enumerate(D.translation_pairs(runs))]
-    figs += [(f"{prefix}_tr_{key.replace('/', '_')}", P.scalar_figure(runs, colours, key, "evals", title=title))
+    figs += [(f"{prefix}_tr_{key.replace('/', '_')}", P.scalar_figure(runs, colours, key, "evals", title=title,
+                                                                       axis=axis))
              for key, title in D.TRANSLATION_EVALS if any(r.column("evals", key) is not None for r in runs)]
     for k in range(0, len(figs), 2):
         cols = st.columns(2)
@@ -305,23 +346,24 @@ def view_trends(roots: list[Path]) -> None:
     # translation runs: the per-direction losses have their own figures below; left out of this one by default
     shown_below = D.pair_keys() if any(r.translate for r in chosen) else set()
     loss_sel = c2.multiselect("Losses", keys, default=[k for k in keys if k not in shown_below], key="loss_keys")
+    axis = x_axis_choice("trend_x")
+    shown = runs_on_axis(chosen, axis)
     st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
-    unit_note(chosen)
+    unit_note(shown)
     a, b = st.columns(2)
     with a:
-        st.plotly_chart(P.fid_figure(chosen, colours), key="fig_fid")
+        st.plotly_chart(P.fid_figure(shown, colours, axis=axis), key="fig_fid")
     with b:
-        st.plotly_chart(P.kid_figure(chosen, colours), key="fig_kid")
+        st.plotly_chart(P.kid_figure(shown, colours, axis=axis), key="fig_kid")
     a, b = st.columns(2)
     with a:
-        st.plotly_chart(P.loss_figure(chosen, colours, loss_sel, smoothing), key="fig_loss")
+        st.plotly_chart(P.loss_figure(shown, colours, loss_sel, smoothing, axis=axis), key="fig_loss")
     with b:
-        st.plotly_chart(P.dacc_figure(chosen, colours, smoothing), key="fig_dacc")
+        st.plotly_chart(P.dacc_figure(shown, colours, smoothing, axis=axis), key="fig_dacc")
     a, b = st.columns(2)
     with a:
-        computed = {k: v for k, v in st.session_state.computed_div.items() if k in sel}
-        reference = {k: v for k, v in st.session_state.computed_div_ref.items() if k in sel}
-        st.plotly_chart(P.diversity_figure(chosen, colours, computed, reference), key="fig_div")
+        computed, reference = diversity_points(chosen, axis)
+        st.plotly_chart(P.diversity_figure(shown, colours, computed, reference, axis=axis), key="fig_div")
         missing = [r for r in chosen if D.collapse_points(r)[1] == "" and r.samples and r.key not in computed
                    and (not r.translate or "output" in r.layout.columns)]
         if missing and st.button(f"Estimate diversity from sample grids for {len(missing)} run(s) without MS-SSIM",
@@ -336,8 +378,17 @@ def view_trends(roots: list[Path]) -> None:
         if others:
             key = st.selectbox("Other scalar", others, index=others.index("img_per_s") if "img_per_s" in others else 0,
                                key="other_scalar")
-            st.plotly_chart(P.scalar_figure(chosen, colours, key), key="fig_other")
-    translation_section(chosen, colours, smoothing, "fig")
+            st.plotly_chart(P.scalar_figure(shown, colours, key, axis=axis), key="fig_other")
+    translation_section(shown, colours, smoothing, "fig", axis)
+
+
+def diversity_points(chosen: list[D.Run], axis: str) -> tuple[dict, dict]:
+    """The grid-diversity estimates computed so far for the chosen runs (by their own x), put on the x axis."""
+    ss = st.session_state
+    by_key = {r.key: r for r in chosen}
+    computed = {k: D.points_on_axis(by_key[k], axis, v) for k, v in ss.computed_div.items() if k in by_key}
+    reference = {k: D.points_on_axis(by_key[k], axis, v) for k, v in ss.computed_div_ref.items() if k in by_key}
+    return computed, reference
 
 
 def compute_diversity(run: D.Run, roots: list[Path], max_grids: int = 12) -> list[tuple[float, float]]:
@@ -491,19 +542,21 @@ def view_compare(roots: list[Path]) -> None:
                 x, p = r.samples[-1]
                 show_image(r, p, roots, f"{r.x_unit} {D.fmt_x(x)}")
     colours = P.colour_map(runs)
-    smoothing = st.slider("Smoothing (EMA) of losses and D accuracy", 0.0, 0.99, 0.6, 0.01, key="cmp_smoothing")
+    c1, c2 = st.columns([1, 2])
+    smoothing = c1.slider("Smoothing (EMA) of losses and D accuracy", 0.0, 0.99, 0.6, 0.01, key="cmp_smoothing")
+    axis = x_axis_choice("cmp_x", c2)
+    shown = runs_on_axis(chosen, axis)
     st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
-    unit_note(chosen)
+    unit_note(shown)
     a, b = st.columns(2)
-    a.plotly_chart(P.fid_figure(chosen, colours), key="cmp_fid")
-    b.plotly_chart(P.kid_figure(chosen, colours), key="cmp_kid")
+    a.plotly_chart(P.fid_figure(shown, colours, axis=axis), key="cmp_fid")
+    b.plotly_chart(P.kid_figure(shown, colours, axis=axis), key="cmp_kid")
     a, b = st.columns(2)
-    a.plotly_chart(P.loss_figure(chosen, colours, None, smoothing), key="cmp_loss")
-    b.plotly_chart(P.dacc_figure(chosen, colours, smoothing), key="cmp_dacc")
-    computed = {k: v for k, v in st.session_state.computed_div.items() if k in sel}
-    reference = {k: v for k, v in st.session_state.computed_div_ref.items() if k in sel}
-    st.plotly_chart(P.diversity_figure(chosen, colours, computed, reference), key="cmp_div")
-    translation_section(chosen, colours, smoothing, "cmp")
+    a.plotly_chart(P.loss_figure(shown, colours, None, smoothing, axis=axis), key="cmp_loss")
+    b.plotly_chart(P.dacc_figure(shown, colours, smoothing, axis=axis), key="cmp_dacc")
+    computed, reference = diversity_points(chosen, axis)
+    st.plotly_chart(P.diversity_figure(shown, colours, computed, reference, axis=axis), key="cmp_div")
+    translation_section(shown, colours, smoothing, "cmp", axis)
     st.caption(f"Verdict rules: FID — best value and where; a rise of more than 10% after the best is flagged. "
                f"Collapse — the trainer's collapse flag (MS-SSIM of samples above the real images' by more than "
                f"{D.COLLAPSE_MARGIN}). D balance — mean D accuracy over the last 10% of logged points (5 to 50 "

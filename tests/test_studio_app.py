@@ -33,7 +33,7 @@ def _tiles(seed, n=9, tile=16, same=False):
 
 
 def _run(root: Path, run_id: str, status: str, epochs: int, planned: int, evals=(), tail="", grids=(), acc=0.55,
-         extra=None):
+         extra=None, epoch_seconds=None):
     d = root / run_id
     (d / "samples").mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({
@@ -41,7 +41,8 @@ def _run(root: Path, run_id: str, status: str, epochs: int, planned: int, evals=
         "config": {"epochs": planned, "image_size": 16, "batch_size": 8}, "dataset": {"name": "pokemon", "count": 40},
         "device": "cpu", "epoch": epochs, "wall_seconds": 600.0, **(extra or {})}))
     lines = [{"kind": "train", "epoch": e, "step": e, "time": 0, "loss/D": 1.0, "loss/G": 2.0, "loss/cycle_A": 0.3,
-              "acc/D_real": acc, "acc/D_fake": acc, "img_per_s": 50.0, "surprise": [1]} for e in range(1, epochs + 1)]
+              "acc/D_real": acc, "acc/D_fake": acc, "img_per_s": 50.0, "surprise": [1],
+              **({} if epoch_seconds is None else {"epoch_seconds": epoch_seconds})} for e in range(1, epochs + 1)]
     lines += [{"kind": "eval", "step": 0, "time": 0, **e} for e in evals]
     (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + tail)
     for e, tiles in grids:
@@ -60,7 +61,7 @@ def lab(tmp_path_factory):
              {"epoch": 30, "fid": 95.0, "kid": 0.09, "kid_std": 0.02, "ms_ssim/fake": 0.22, "ms_ssim/real": 0.2,
               "collapse": 0}]
     _run(root, FIN, "finished", 30, 30, evals, grids=[(10, _tiles(1)), (20, _tiles(2)), (30, _tiles(3, same=True))],
-         acc=0.9)
+         acc=0.9, epoch_seconds=20.0)  # 30 x 20 s = run.json's wall_seconds
     _run(root, RUN, "running", 12, 100, [{"epoch": 10, "fid": 150.0, "kid": 0.2}],
          tail='{"kind": "train", "epoch": 13, "loss/D"', grids=[(10, _tiles(4))])
     _run(root, FAIL, "failed", 3, 100)
@@ -204,6 +205,56 @@ def test_trends_figures(app, lab):
     assert flagged["x"] == [20.0] and flagged["y"] == [0.35]
     at.slider(key="smoothing").set_value(0.5).run()
     assert len(figures(at)["fig_loss"]["data"]) == 2 * 10  # raw (faint) + smoothed per curve
+
+
+def test_trends_x_axis_training_hours_and_images_seen(app, lab):
+    at = goto(app, "Trends")
+    fin, run, sg = str(lab["root"] / FIN), str(lab["root"] / RUN), str(lab["sg"] / SG)
+    at.multiselect(key="trend_runs_w").set_value([fin, run, sg]).run()
+    at.slider(key="smoothing").set_value(0.0).run()
+    assert at.radio(key="trend_x").value == "epoch"
+    assert at.radio(key="trend_x").options == ["epochs", "training hours", "images seen (kimg)"]
+
+    at.radio(key="trend_x").set_value("hours").run()
+    assert not at.exception, [e.value for e in at.exception]
+    figs = figures(at)
+    fid = {t["name"]: t for t in figs["fig_fid"]["data"]}
+    # FIN: 20 s per epoch, evaluated at epochs 10, 20, 30; RUN logged no epoch_seconds: on its epochs, along the top
+    assert fid[FIN]["xaxis"] == "x" and fid[FIN]["x"] == pytest.approx([200 / 3600, 400 / 3600, 600 / 3600])
+    assert fid[SG]["xaxis"] == "x"  # stylegan2-ada: its tick times
+    assert fid[RUN]["xaxis"] == "x2" and fid[RUN]["x"] == [10.0]
+    layout = figs["fig_fid"]["layout"]
+    assert layout["xaxis"]["title"]["text"] == "training hours (pokelab, stylegan2-ada)"
+    assert layout["xaxis2"]["title"]["text"] == "epoch (pokelab)"
+    loss = next(t for t in figs["fig_loss"]["data"] if t["name"] == "D" and t["xaxis"] == "x" and len(t["x"]) == 30)
+    assert loss["x"] == pytest.approx([20 * e / 3600 for e in range(1, 31)])
+    captions = [c.value for c in at.caption]
+    assert any("**training hours**" in c and "evaluation" in c for c in captions)
+    assert any(RUN in c and "stays on its own x axis" in c and "no epoch_seconds" in c for c in captions)
+    assert not any(FIN in c and "stays on its own" in c for c in captions)
+
+    at.radio(key="trend_x").set_value("kimg").run()
+    figs = figures(at)
+    fid = {t["name"]: t for t in figs["fig_fid"]["data"]}
+    # step x batch size (8): one step per epoch in these runs; the stylegan2-ada folder keeps its own kimg
+    assert fid[FIN]["x"] == pytest.approx([0.08, 0.16, 0.24]) and fid[RUN]["x"] == pytest.approx([0.08])
+    assert fid[SG]["x"] == [0.0, 20.0, 40.0]
+    assert {t["xaxis"] for t in fid.values()} == {"x"} and figs["fig_fid"]["layout"]["xaxis"]["title"]["text"] == "kimg"
+    assert not any("stays on its own" in c.value for c in at.caption)
+
+    at.radio(key="trend_x").set_value("epoch").run()
+    fid = {t["name"]: t for t in figures(at)["fig_fid"]["data"]}
+    assert fid[FIN]["x"] == [10.0, 20.0, 30.0] and fid[SG]["xaxis"] == "x2"
+
+
+def test_compare_x_axis(app, lab):
+    at = goto(app, "Compare")
+    at.multiselect(key="cmp_runs").set_value([str(lab["root"] / FIN), str(lab["sg"] / SG)]).run()
+    at.radio(key="cmp_x").set_value("hours").run()
+    assert not at.exception
+    fid = {t["name"]: t for t in figures(at)["cmp_fid"]["data"]}
+    assert fid[FIN]["x"] == pytest.approx([200 / 3600, 400 / 3600, 600 / 3600]) and fid[SG]["xaxis"] == "x"
+    assert "best FID 80.00 at epoch 20" in " ".join(m.value for m in at.markdown)  # verdicts keep epochs
 
 
 def test_samples_gif_and_diversity(app, lab):
