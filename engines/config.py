@@ -18,7 +18,9 @@ class TrainConfig:
     eval_every: int = 10          # 0 disables evaluation during training
     eval_n: int = 2000            # generated samples per evaluation
     eval_metrics: str = "fid,kid,ms_ssim"
-    checkpoint_every: int = 1     # epochs; also on SIGINT/SIGTERM and at the end
+    checkpoint_every: int = 0     # epochs; 0: by time (checkpoint_minutes). Always also at epoch 0, at the end,
+    #                               on SIGINT/SIGTERM and after a NaN rollback (docs/training.md)
+    checkpoint_minutes: float = 5.0  # checkpoint_every=0: at the first epoch end this long after the last checkpoint
     max_hours: float = 0.0        # training wall-clock budget: the run finishes at the first epoch end past it (0: none)
     grid_n: int = 64              # images in the fixed-latent sample grid
     augment: str | None = None    # None: the engine's default (DiffAugment; ADA for StyleGAN2)
@@ -39,6 +41,8 @@ class TrainConfig:
         for name in ("sample_every", "eval_every", "checkpoint_every", "eval_n"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not float(self.checkpoint_minutes) >= 0:
+            raise ValueError("checkpoint_minutes must be >= 0 (0: no time-based checkpoints)")
         if not float(self.max_hours) >= 0:
             raise ValueError("max_hours must be >= 0 (0: no wall-clock budget)")
         if self.nan_policy not in ("rollback", "stop"):

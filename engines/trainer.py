@@ -38,6 +38,9 @@ from .runs import (RunWriter, atomic_write_bytes, checkpoint_path, export_dir, m
                    sample_path)
 
 CHECKPOINT_VERSION = 1
+#: run.json's progress fields (epoch, step, wall_seconds) are rewritten at most this often, and at every checkpoint,
+#: sample and evaluation epoch and at the end: each rewrite is a read, a write and an fsync (docs/training.md)
+PROGRESS_SECONDS = 30.0
 
 
 class TrainingError(RuntimeError):
@@ -131,6 +134,9 @@ class Trainer:
     ``name``, ``source``; translation engines (domains == 2) take a pair ``(source_set, target_set)``.
     """
 
+    #: the clock of the time-based checkpoint cadence and of run.json's progress updates (tests replace it)
+    _clock = staticmethod(time.monotonic)
+
     def __init__(self, engine_name: str, dataset, runs_dir: str | os.PathLike | None, config: TrainConfig,
                  run_dir: str | os.PathLike | None = None, progress: bool | None = None):
         self.cfg = config.validate()
@@ -175,8 +181,11 @@ class Trainer:
         self.accum: dict[str, list] = {}
         self.nan_rollbacks = 0
         self.wall_seconds = 0.0
+        self.epoch_partial_seconds = 0.0  # training time of an epoch interrupted mid-way, before the resume
         self._stop = threading.Event()
         self._eval_warnings: set[str] = set()
+        self._last_checkpoint = self._clock()  # when the last checkpoint was written (or loaded)
+        self._last_progress = self._clock()    # when run.json's progress fields were last written
 
         if run_dir is None:
             if runs_dir is None:
@@ -265,6 +274,7 @@ class Trainer:
             "rng": _rng_state(),
             "nan_rollbacks": self.nan_rollbacks,
             "wall_seconds": self.wall_seconds,
+            "epoch_partial_seconds": self.epoch_partial_seconds,
         }
 
     def save_checkpoint(self) -> None:
@@ -273,6 +283,18 @@ class Trainer:
         buf = io.BytesIO()
         torch.save(self._checkpoint_state(), buf)
         atomic_write_bytes(checkpoint_path(self.run_dir), buf.getvalue())
+        self._last_checkpoint = self._clock()
+
+    def _checkpoint_due(self, epoch: int, last: bool) -> bool:
+        """At an epoch end: the last epoch always; every ``checkpoint_every`` epochs when that is set; else the
+        first epoch end ``checkpoint_minutes`` after the last checkpoint (0: none until the end)."""
+        cfg = self.cfg
+        if last:
+            return True
+        if cfg.checkpoint_every:
+            return epoch % cfg.checkpoint_every == 0
+        minutes = float(cfg.checkpoint_minutes)
+        return minutes > 0 and self._clock() - self._last_checkpoint >= minutes * 60
 
     def _load_checkpoint(self, path: Path) -> None:
         try:
@@ -285,6 +307,8 @@ class Trainer:
         self.accum = {k: [v[0].to(self.device), int(v[1])] for k, v in st.get("accum", {}).items()}
         self.nan_rollbacks = int(st.get("nan_rollbacks", 0))
         self.wall_seconds = float(st.get("wall_seconds", 0.0))
+        self.epoch_partial_seconds = float(st.get("epoch_partial_seconds", 0.0))
+        self._last_checkpoint = self._clock()
         rng = st["rng"]
         rng["torch"] = rng["torch"].cpu()
         rng["cuda"] = [s.cpu() for s in rng.get("cuda", [])]
@@ -312,7 +336,8 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _batch(self, domain: int, idx: torch.Tensor) -> torch.Tensor:
-        x = from_uint8(self.images[domain][idx.to(self.images[domain].device)])
+        # index_select, not images[idx]: the same rows, ~3x faster than advanced indexing on a CPU
+        x = from_uint8(self.images[domain].index_select(0, idx.to(self.images[domain].device)))
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -329,6 +354,7 @@ class Trainer:
 
     def fit(self) -> Path:
         cfg = self.cfg
+        self._last_progress = self._clock()  # run.json is (re)written just below or by resume()
         if self.writer and not getattr(self, "_resumed", False):
             self.writer.write_info(self._run_info())
             self.writer.append_log(f"run {self.run_dir.name}: engine {self.engine_cls.name} on {self.device}, "
@@ -367,6 +393,8 @@ class Trainer:
                         break
                 if self._stop.is_set() and self.batch_in_epoch < len(batches):
                     self.wall_seconds += time.perf_counter() - t0
+                    # the epoch's time so far goes into the checkpoint: its epoch_seconds counts both parts
+                    self.epoch_partial_seconds += time.perf_counter() - t0
                     status = "interrupted"
                     break
                 train_seconds = time.perf_counter() - t0
@@ -378,7 +406,8 @@ class Trainer:
                     continue
                 self.epoch, self.batch_in_epoch, self.accum = epoch, 0, {}
                 scalars["img_per_s"] = images_seen / max(train_seconds, 1e-9)
-                scalars["epoch_seconds"] = train_seconds
+                scalars["epoch_seconds"] = train_seconds + self.epoch_partial_seconds
+                self.epoch_partial_seconds = 0.0
                 scalars["augment_p"] = float(getattr(self.engine.augment, "p", 0.0))
                 scalars["lr"] = next(iter(self.engine.optimizers.values())).param_groups[0]["lr"]
                 self._end_of_epoch(epoch, scalars)
@@ -424,16 +453,23 @@ class Trainer:
         if self.writer:
             self.writer.log("train", epoch, self.step, **scalars)
             self.writer.append_log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
-        if cfg.sample_every and (epoch % cfg.sample_every == 0 or last):
+        sampled = bool(cfg.sample_every) and (epoch % cfg.sample_every == 0 or last)
+        if sampled:
             self.save_samples(epoch)
             self.export()
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or last) and self.is_main:
+        evaluated = bool(cfg.eval_every) and (epoch % cfg.eval_every == 0 or last) and self.is_main
+        if evaluated:
             self.evaluate(epoch)
-        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or last):
+        checkpointed = self._checkpoint_due(epoch, last)
+        if checkpointed:
             self.save_checkpoint()
-        if self.writer:
+        # run.json's progress: with every checkpoint, grid and evaluation, else at most every PROGRESS_SECONDS
+        # (metrics.jsonl has every epoch; resume reads the checkpoint, never these fields)
+        if self.writer and (checkpointed or sampled or evaluated
+                            or self._clock() - self._last_progress >= PROGRESS_SECONDS):
             self.writer.update_info(epoch=epoch, step=self.step, wall_seconds=round(self.wall_seconds, 2),
                                     nan_rollbacks=self.nan_rollbacks)
+            self._last_progress = self._clock()
 
     def _handle_nan(self, epoch: int, keys: list[str]) -> None:
         msg = f"non-finite loss at epoch {epoch} ({', '.join(keys)})"
@@ -537,5 +573,5 @@ class Trainer:
             status = "interrupted"
         if self.writer:
             self.writer.update_info(status=status, epoch=self.epoch, step=self.step,
-                                    wall_seconds=round(self.wall_seconds, 2))
+                                    wall_seconds=round(self.wall_seconds, 2), nan_rollbacks=self.nan_rollbacks)
             self.writer.append_log(f"status: {status}")

@@ -65,20 +65,23 @@ def test_epoch_indices_depend_only_on_seed_and_epoch():
 
 
 @pytest.mark.parametrize("engine", ["dcgan", "wgan_gp"])
-def test_resume_after_kill_is_bit_identical(tmp_path, tiny_dataset, engine):
+@pytest.mark.parametrize("checkpoint_every", [1, 0])  # every epoch; the default time-based cadence (5 min)
+def test_resume_after_kill_is_bit_identical(tmp_path, tiny_dataset, engine, checkpoint_every):
     torch.manual_seed(0)
     ref = Trainer(engine, tiny_dataset, tmp_path / "ref", cfg(seed=5), progress=False)
     ref.fit()
     ref_lines = read_metrics(ref.run_dir).train
 
-    t = Trainer(engine, tiny_dataset, tmp_path / "cut", cfg(seed=5), progress=False)
+    t = Trainer(engine, tiny_dataset, tmp_path / "cut", cfg(seed=5, checkpoint_every=checkpoint_every),
+                progress=False)
     kill_at_step(t.engine, 13)  # mid epoch 3 (5 steps per epoch)
     with pytest.raises(Killed):
         t.fit()
     with open(t.run_dir / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "epo')  # a torn line, as a kill -9 can leave
     resumed = Trainer.resume(t.run_dir, dataset=tiny_dataset, progress=False)
-    assert resumed.epoch == 2 and resumed.step == 10
+    # by epochs: the epoch-2 checkpoint; by time: nothing since epoch 0 (the run is seconds old)
+    assert (resumed.epoch, resumed.step) == ((2, 10) if checkpoint_every else (0, 0))
     resumed.fit()
 
     assert_same_state(params(ref.engine), params(resumed.engine))
@@ -113,13 +116,15 @@ def test_stop_request_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, tiny_d
     assert [x["loss/D"] for x in a] == [x["loss/D"] for x in b]
 
 
-def test_nan_guard_rolls_back_with_lower_lr(tmp_path, tiny_dataset):
-    t = Trainer("dcgan", tiny_dataset, tmp_path, cfg(epochs=3), progress=False)
+@pytest.mark.parametrize("checkpoint_every", [1, 0])
+def test_nan_guard_rolls_back_with_lower_lr(tmp_path, tiny_dataset, checkpoint_every):
+    t = Trainer("dcgan", tiny_dataset, tmp_path, cfg(epochs=3, checkpoint_every=checkpoint_every), progress=False)
     on_nth_step(t.engine, 8, after=lambda out: {**out, "loss/D": torch.tensor(float("nan"))})  # once, epoch 2
     t.fit()
     m = read_metrics(t.run_dir)
     ev = [e for e in m.events if e.get("event") == "nan_rollback"]
-    assert len(ev) == 1 and "epoch 1" in ev[0]["message"]
+    # to the last checkpoint: epoch 1 when every epoch is checkpointed; epoch 0 on the time-based cadence
+    assert len(ev) == 1 and f"epoch {checkpoint_every}" in ev[0]["message"]
     assert [r["epoch"] for r in m.train] == [1, 2, 3]
     assert m.train[-1]["lr"] == pytest.approx(1e-4)  # 2e-4 x 0.5
     assert read_info(t.run_dir)["status"] == "finished"

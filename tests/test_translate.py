@@ -176,7 +176,7 @@ def test_trainer_runs_two_domains_and_resumes_exactly_after_kill(tmp_path):
     exp = json.loads((ref.run_dir / "export" / "config.json").read_text())
     assert exp["trained"]["source_dataset"]["name"] == "sprites" and exp["trained"]["dataset"]["name"] == "art"
 
-    t = Trainer("cyclegan", (a, b), tmp_path / "cut", tiny_cfg(seed=3), progress=False)
+    t = Trainer("cyclegan", (a, b), tmp_path / "cut", tiny_cfg(seed=3, checkpoint_every=1), progress=False)
     kill_at_step(t.engine, 8)  # 3 steps per epoch (12 pictures, batch 4): dies in epoch 3
     with pytest.raises(Killed):
         t.fit()

@@ -261,9 +261,9 @@ def test_trainer_end_to_end_writes_grids_and_resumes(tmp_path, tiny_dataset):
     other = types.SimpleNamespace(images=torch.randint(0, 256, (24, 3, 32, 32), generator=g, dtype=torch.uint8),
                                   key="tiny-b", name="tiny-b", source="/nowhere", skipped=[], background="white")
 
-    def cfg():
+    def cfg(**kw):
         return TrainConfig(image_size=32, batch_size=8, epochs=2, sample_every=2, eval_every=0, seed=3,
-                           engine=dict(TINY))
+                           engine=dict(TINY), **kw)
 
     ref = Trainer("ugatit", (tiny_dataset, other), tmp_path / "ref", cfg(), progress=False)
     run = ref.fit()
@@ -279,7 +279,7 @@ def test_trainer_end_to_end_writes_grids_and_resumes(tmp_path, tiny_dataset):
     x = blobs(2)
     assert torch.equal(load_export(run).translate(x), ref.engine.translate(x))
 
-    t = Trainer("ugatit", (tiny_dataset, other), tmp_path / "cut", cfg(), progress=False)
+    t = Trainer("ugatit", (tiny_dataset, other), tmp_path / "cut", cfg(checkpoint_every=1), progress=False)
     kill_at_step(t.engine, 5)  # mid epoch 2 (3 steps per epoch)
     with pytest.raises(Killed):
         t.fit()
