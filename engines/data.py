@@ -13,24 +13,29 @@ torch is imported lazily so that building the CLI parser stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
 import posixpath
 import re
+import stat
+import struct
 import sys
 import tarfile
 import tempfile
 import threading
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from . import background as bgremoval
 from .runs import atomic_write_json, atomic_writer
@@ -52,14 +57,52 @@ IMAGE_EXTENSIONS = frozenset({
 })
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
 
-DEFAULT_MAX_PIXELS = 40_000_000            # ~6300 x 6300; larger headers are treated as decompression bombs
-DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
+# Limits (docs/data.md, "Limits"): far above what a real set of ~650 pictures needs, low enough that a
+# crafted file cannot take the machine's memory or hours of CPU.
+DEFAULT_MAX_PIXELS = 40_000_000            # per picture: ~6300 x 6300; larger headers are decompression bombs
+DEFAULT_MAX_TOTAL_PIXELS = 20_000_000_000  # per set: 650 pictures of ~30 Mpx (650 phone photos are 7.8 Gpx)
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024  # per file; checked before reading and while reading
 MIN_SIZE, MAX_SIZE = 2, 4096
 _CHUNK = 1 << 20
+_PEEK_BYTES = 256 * 1024           # the scan reads a picture's width and height from its first bytes
+_IN_FLIGHT_PIXELS = 48_000_000     # pixels of the pictures being decoded at once (a bigger one goes alone)
+_IN_FLIGHT_BYTES = 256 * 1024 * 1024  # file bytes read and waiting for a decoding thread
+_MAX_LINK_HOPS = 8                 # a link to a link to ... (archives): more is treated as a loop
+_MAX_LINK_BYTES = 4096             # a zip symlink entry holds its target; a longer one is not a link we follow
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _printable(text: Any) -> str:
+    """``text`` made safe to print on one terminal line: control and format characters (newline, ESC,
+    bidi overrides, zero-width ...) become ``\\n``, ``\\xNN`` or ``\\uNNNN`` escapes; bytes of a file
+    name that were not UTF-8 (Python's surrogate escapes) become ``\\xNN``. Letters with accents, other
+    scripts and emoji are kept. Backslashes are kept too, so applying it twice changes nothing."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= o <= 0xDCFF:  # an undecodable byte of a file name (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif unicodedata.category(ch) in _ESCAPED_CATEGORIES:
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class DataError(ValueError):
-    """The images cannot be turned into a dataset (nothing usable, bad options, damaged archive ...)."""
+    """The images cannot be turned into a dataset (nothing usable, bad options, damaged archive ...).
+    The message is one printable line: names in it have their control characters escaped."""
+
+    def __init__(self, message: Any = "", *args: Any):
+        super().__init__(_printable(message), *args)
 
 
 class _Corrupt(DataError):
@@ -84,13 +127,16 @@ class PreparedDataset:
     location: str | None = None       # prepared folder / cache entry it is stored in, if any
     # None, or what rembg ran: background.describe_model() + counts "removed" / "kept_alpha"
     background_removal: dict[str, Any] | None = None
+    # links that were followed: (name, what it points at: a name in the set, or a path outside SRC)
+    links: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
 
 # ---- options ----------------------------------------------------------------------------------
-def _check_options(size: Any, background: Any, max_pixels: Any = DEFAULT_MAX_PIXELS) -> tuple[int, str, int]:
+def _check_options(size: Any, background: Any, max_pixels: Any = DEFAULT_MAX_PIXELS,
+                   max_total_pixels: Any = DEFAULT_MAX_TOTAL_PIXELS) -> tuple[int, str, int]:
     try:
         size_i = int(size)
     except (TypeError, ValueError):
@@ -101,6 +147,8 @@ def _check_options(size: Any, background: Any, max_pixels: Any = DEFAULT_MAX_PIX
         raise DataError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     if int(max_pixels) < 1:
         raise DataError("max_pixels must be >= 1")
+    if int(max_total_pixels) < 1:
+        raise DataError("max_total_pixels must be >= 1")
     return size_i, str(background), int(max_pixels)
 
 
@@ -192,6 +240,197 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
+# ---- reading files safely -------------------------------------------------------------------------
+class _NotRegular(OSError):
+    """The path leads to something that is not a regular file (a FIFO, a device, a socket, a folder): it
+    is never opened, or it is closed again unread."""
+
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISLNK, "a link")):
+        if test(mode):
+            return what
+    return "a special file"
+
+
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_NOCTTY", 0))
+
+
+def _open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Opens ``path`` (following links) for reading only if it leads to a regular file. A FIFO would block
+    the open until some writer comes, /dev/zero never ends: such things are refused before opening, and
+    the opened file is checked again (non-blocking), so a swap between the check and the open does not
+    help. Raises _NotRegular, or OSError when it cannot be read."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _NotRegular(f"{_kind(st.st_mode)}, not a regular file")
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular(f"{_kind(st.st_mode)}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_at_most(f: BinaryIO, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``f``: one byte past the limit says "too big" without reading on."""
+    parts: list[bytes] = []
+    n = 0
+    while n <= limit:
+        block = f.read(min(_CHUNK, limit + 1 - n))
+        if not block:
+            break
+        parts.append(block)
+        n += len(block)
+    return b"".join(parts)
+
+
+def _hash_limited(f: BinaryIO, limit: int) -> tuple[str | None, int, bytes]:
+    """(sha256, byte count, the first _PEEK_BYTES bytes) of ``f``, reading at most ``limit + 1`` bytes.
+    The digest is None when the stream is longer than ``limit``."""
+    h = hashlib.sha256()
+    n = 0
+    head = b""
+    while n <= limit:
+        block = f.read(min(_CHUNK, limit + 1 - n))
+        if not block:
+            break
+        if len(head) < _PEEK_BYTES:
+            head += block[: _PEEK_BYTES - len(head)]
+        h.update(block)
+        n += len(block)
+    return (h.hexdigest() if n <= limit else None), n, head
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file that is a regular file of sane size (a FIFO named dataset.json must not block us).
+    Raises OSError or ValueError."""
+    with _open_regular(path) as f:
+        raw = _read_at_most(f, DEFAULT_MAX_FILE_BYTES)
+    if len(raw) > DEFAULT_MAX_FILE_BYTES:
+        raise ValueError(f"over {_size_text(DEFAULT_MAX_FILE_BYTES)}")
+    return json.loads(raw.decode("utf-8"))
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _too_big(nbytes: int | None = None) -> str:
+    limit = _size_text(DEFAULT_MAX_FILE_BYTES)
+    if nbytes is None:
+        return f"file is over the {limit} limit (reading stopped there)"
+    return f"file is {_size_text(nbytes)}, over the {limit} limit (not read)"
+
+
+def _peek_dims(head: bytes) -> tuple[int, int] | None:
+    """A picture's (width, height) from its first bytes: Pillow reads the header only, no pixel is
+    decoded. None when the header is not there (a JPEG with a big EXIF block, a TIFF with its directory
+    at the end ...): such a file is measured when it is read for decoding."""
+    if not head:
+        return None
+    try:
+        with Image.open(io.BytesIO(head)) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - not known yet; the decoder gives the reason later
+        return None
+    return (int(w), int(h)) if w > 0 and h > 0 else None
+
+
+_truncation_lock = threading.Lock()
+_truncation_users = 0
+_truncation_saved: Any = False
+
+
+@contextlib.contextmanager
+def _strict_truncation() -> Iterator[None]:
+    """Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is one switch for the whole process, and other code
+    (a notebook, a library) may turn it on; then a cut-off picture loads with its missing part black
+    instead of failing. It is off while pokelab decodes and is put back afterwards (counted, so that
+    overlapping prepares in threads restore it once, at the end)."""
+    global _truncation_users, _truncation_saved
+    with _truncation_lock:
+        if _truncation_users == 0:
+            _truncation_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        _truncation_users += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        with _truncation_lock:
+            _truncation_users -= 1
+            if _truncation_users == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _truncation_saved
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(w: int, h: int, depth: int, colour_type: int, interlace: int) -> int | None:
+    """Bytes the inflated image data of a PNG must hold (one filter byte per row), or None if unknown."""
+    channels = _PNG_CHANNELS.get(colour_type)
+    if channels is None or depth not in (1, 2, 4, 8, 16) or w < 1 or h < 1:
+        return None
+
+    def rows(pw: int, ph: int) -> int:
+        return ph * (1 + (pw * depth * channels + 7) // 8) if pw > 0 and ph > 0 else 0
+
+    if interlace == 0:
+        return rows(w, h)
+    if interlace != 1:
+        return None
+    return sum(rows((w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7)
+
+
+def _png_short(data: bytes) -> str | None:
+    """For a PNG: why its image data (the IDAT zlib stream) is incomplete, or None. Pillow accepts a
+    stream that *ends* before the last row and leaves the missing rows black; this inflates the stream
+    once more, counting bytes without keeping them (at most what the header needs, plus one), and
+    compares with what the header says the rows take."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    pos, need, got = 8, None, 0
+    z = None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR" and need is None and len(body) >= 13:
+            w, h, depth, colour_type, _method, _filter, interlace = struct.unpack(">IIBBBBB", body[:13])
+            need = _png_raw_size(w, h, depth, colour_type, interlace)
+            if need is None:
+                return None
+            z = zlib.decompressobj()
+        elif kind == b"IDAT" and z is not None and need is not None and not z.eof:
+            buf = body
+            try:
+                while got <= need and not z.eof:
+                    want = min(_CHUNK, need + 1 - got)
+                    out = z.decompress(buf, want)
+                    got += len(out)
+                    buf = z.unconsumed_tail
+                    if not buf and len(out) < want:
+                        break
+            except zlib.error:
+                return None  # corrupt, not short: Pillow's own error stands
+            if got > need:
+                return None
+        elif kind == b"IEND":
+            break
+    if need is None or z is None or got >= need:
+        return None
+    end = "ends early" if z.eof else "is cut off"
+    return f"the image data {end}: {got:,} of the {need:,} bytes its header needs"
+
+
 # ---- decoding one image --------------------------------------------------------------------------
 def _scale16(a: np.ndarray) -> np.ndarray:
     """0..65535 -> 0..255 with rounding (v * 255 / 65535); PIL's own convert('L') clips instead."""
@@ -219,8 +458,10 @@ def _rgb_alpha(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         return np.repeat(grey[:, :, None], 3, axis=2), None
     has_alpha = bgremoval.image_has_alpha(im)
     try:
-        # P with transparency goes through RGBA so the transparent index becomes alpha 0.
-        conv = im.convert("RGBA" if has_alpha else "RGB")
+        # P with transparency goes through RGBA so the transparent index becomes alpha 0. An image already
+        # in the wanted mode is not copied first (a 36 Mpx picture would cost 144 MB more at once).
+        want = "RGBA" if has_alpha else "RGB"
+        conv = im if im.mode == want else im.convert(want)
     except (ValueError, OSError) as e:
         raise _Skip(f"unsupported image mode {mode} ({_short(e)})") from None
     arr = np.asarray(conv, dtype=np.uint8)
@@ -272,7 +513,10 @@ def _decode_array(data: bytes, size: int, background: str, max_pixels: int,
             raise _Skip(f"too many pixels: {w}x{h} = {w * h:,} is over the limit of {max_pixels:,} "
                         f"(decompression-bomb guard)")
         try:
-            im.load()
+            im.load()  # the whole picture, inside the try: a truncated stream fails here
+            short = _png_short(data) if im.format == "PNG" else None
+            if short:
+                raise _Skip(f"truncated or corrupt image data ({short})")
             orientation = im.getexif().get(0x0112, 1)
             if orientation not in (None, 1):  # phone photos: apply the EXIF rotation
                 im = ImageOps.exif_transpose(im)
@@ -301,25 +545,35 @@ def prepare_image(image: "Image.Image | bytes | str | os.PathLike", size: int = 
         if background == "none":
             raise DataError("background removal needs background white or black, not 'none'")
         removal = _Removal({}, session=rembg_session)
-    try:
-        if isinstance(image, Image.Image):
-            w, h = image.size
-            if w * h > max_pixels:
-                raise _Skip(f"too many pixels: {w}x{h} is over the limit of {max_pixels:,}")
-            rgb, alpha = _rgb_alpha(image)
-            if removal is not None:
-                alpha = removal.apply(rgb, alpha)
-            return _to_square(rgb, alpha, size, background)
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            return _decode_array(bytes(image), size, background, max_pixels, removal)
-        path = Path(image)
+    with _strict_truncation():
         try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise DataError(f"{path}: cannot read ({_short(e)})") from None
-        return _decode_array(data, size, background, max_pixels, removal)
-    except _Skip as e:
-        raise DataError(f"cannot use this image: {e}") from None
+            if isinstance(image, Image.Image):
+                w, h = image.size
+                if w * h > max_pixels:
+                    raise _Skip(f"too many pixels: {w}x{h} is over the limit of {max_pixels:,}")
+                try:
+                    image.load()  # an image from Image.open is lazy: decode it here, inside the try
+                except Exception as e:  # noqa: BLE001
+                    raise _Skip(f"truncated or corrupt image data ({_short(e)})") from None
+                rgb, alpha = _rgb_alpha(image)
+                if removal is not None:
+                    alpha = removal.apply(rgb, alpha)
+                return _to_square(rgb, alpha, size, background)
+            if isinstance(image, (bytes, bytearray, memoryview)):
+                return _decode_array(bytes(image), size, background, max_pixels, removal)
+            path = Path(image)
+            try:
+                with _open_regular(path) as f:
+                    data = _read_at_most(f, DEFAULT_MAX_FILE_BYTES)
+            except _NotRegular as e:
+                raise DataError(f"{path}: cannot read ({e})") from None
+            except OSError as e:
+                raise DataError(f"{path}: cannot read ({_short(e)})") from None
+            if len(data) > DEFAULT_MAX_FILE_BYTES:
+                raise DataError(f"{path}: {_too_big()}")
+            return _decode_array(data, size, background, max_pixels, removal)
+        except _Skip as e:
+            raise DataError(f"cannot use this image: {e}") from None
 
 
 # ---- sources: folder, zip, tar -------------------------------------------------------------------
@@ -351,10 +605,33 @@ def source_name(path: str | os.PathLike) -> str:
     return name or "data"
 
 
-def _norm_member(name: str) -> str:
-    name = name.replace("\\", "/").lstrip("/")
-    name = posixpath.normpath(name) if name else name
-    return "" if name in (".", "") else name
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _member_name(raw: str) -> tuple[str, str | None]:
+    """An archive member's name normalised ('./a//b.png' -> 'a/b.png', '\\' read as '/'), and why it is
+    unsafe (else None). A name that is absolute ('/x.png', 'C:/x.png') or climbs out of the archive with
+    '..' is never used: unpacking it would write outside the folder unpacked into, so the archive was made
+    by mistake or to attack. It is reported under its name as it stands in the archive."""
+    s = raw.replace("\\", "/")
+    if s.startswith("/") or _DRIVE.match(s):
+        return raw, "unsafe name in the archive: an absolute path (not used)"
+    n = posixpath.normpath(s) if s else ""
+    if n == ".." or n.startswith("../"):
+        return raw, "unsafe name in the archive: it climbs out of the archive with '..' (not used)"
+    return ("" if n in (".", "") else n), None
+
+
+def _link_target(name: str, linkname: str, hard: bool) -> str | None:
+    """The member an archive link named ``name`` points at: a symbolic link's target is relative to the
+    link's folder, a tar hard link's to the archive's root. None when it points out of the archive."""
+    t = linkname.replace("\\", "/")
+    if not t or t.startswith("/") or _DRIVE.match(t):
+        return None
+    n = posixpath.normpath(t if hard else posixpath.join(posixpath.dirname(name), t))
+    if n == ".." or n.startswith("../"):
+        return None
+    return n
 
 
 def _wanted(name: str) -> bool:
@@ -365,9 +642,42 @@ def _wanted(name: str) -> bool:
     return posixpath.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
 
 
+@dataclass
+class _Found:
+    """One image file a scan found (name relative to SRC or the archive's root, common folder not yet
+    dropped)."""
+    name: str
+    ref: Any = None                        # how to read it again; None when it is not read
+    digest: str = "unreadable"             # sha256 of its bytes (a marker when it is not read)
+    nbytes: int = 0
+    dims: tuple[int, int] | None = None    # width, height from its header, when the scan saw it
+    problem: str | None = None             # why it is skipped
+    link: str | None = None                # a followed link: what it points at (for the report)
+    link_outside: bool = False             # ... a path outside SRC (folders only), shown as it is
+    target: str | None = None              # an archive link not resolved yet: the member it names
+    early: bool = False                    # reported under its own name: unsafe names, folder links
+
+
+def _link_found(name: str, linkname: str, hard: bool) -> _Found:
+    dest = _link_target(name, linkname, hard)
+    if dest is None:
+        return _Found(name, problem=f"link out of the archive (-> {linkname}; not followed)")
+    return _Found(name, target=dest)
+
+
+class _Unreadable:
+    """Stands in for a file that could not be opened: reading it raises why."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def read(self, *_a: Any) -> bytes:
+        raise self.error
+
+
 class _Source:
-    """Folder and zip: ``scan()`` yields (ref, name, size) in storage order, ``open(ref)`` a binary stream,
-    ``read(refs)`` (ref, stream) pairs in storage order. Tar is streamed through ``_members()``."""
+    """``walk()`` yields a _Found for every image file (None for every other file, counted as ignored), in
+    storage order; ``read(refs)`` yields (ref, stream) pairs in storage order for decoding."""
 
     kind = "?"
 
@@ -385,23 +695,103 @@ class _Source:
 
 
 class _FolderSource(_Source):
+    """Only regular files are read. A link to a regular file is followed (wherever it points: the folder
+    is the user's own) and noted; a link to anything else, a dangling link and a link to a folder are
+    skipped with the reason (folders behind links are never walked: no loops, no surprise trees)."""
+
     kind = "folder"
 
-    def scan(self) -> Iterator[tuple[Any, str, int | None]]:
-        root = self.path
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+    def walk(self) -> Iterator[_Found | None]:
+        root = str(self.path)
+        real_root = os.path.realpath(root)
+        errors: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(root, onerror=errors.append, followlinks=False):
+            yield from self._walk_errors(errors, root)
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith(".") or d == "__MACOSX":
+                    continue
+                full = os.path.join(dirpath, d)
+                if os.path.islink(full):
+                    yield _Found(self._rel(full, root), early=True,
+                                 problem="link to a folder (not followed; give the real folder, or copy "
+                                         "the files in)")
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
             for fn in sorted(filenames):
-                p = Path(dirpath) / fn
-                yield p, p.relative_to(root).as_posix(), None
+                full = os.path.join(dirpath, fn)
+                rel = self._rel(full, root)
+                yield self._file(full, rel, real_root) if _wanted(rel) else None
+        yield from self._walk_errors(errors, root)
 
-    def read(self, refs: list[Any]) -> Iterator[tuple[Any, BinaryIO]]:
+    @staticmethod
+    def _rel(full: str, root: str) -> str:
+        return Path(os.path.relpath(full, root)).as_posix()
+
+    def _walk_errors(self, errors: list[OSError], root: str) -> Iterator[_Found]:
+        for e in errors:
+            where = getattr(e, "filename", None)
+            if where is None or os.path.abspath(where) == os.path.abspath(root):
+                raise DataError(f"{root}: cannot read the folder ({_short(e)})")
+            yield _Found(self._rel(where, root) + "/", early=True,
+                         problem=f"folder cannot be read ({_short(e)}); its files are left out")
+        errors.clear()
+
+    def _file(self, full: str, rel: str, real_root: str) -> _Found:
+        found = _Found(rel)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    st = os.stat(full)
+                except OSError as e:
+                    why = ("a loop of links" if e.errno == errno.ELOOP else
+                           "its target does not exist" if isinstance(e, FileNotFoundError) else _short(e))
+                    found.problem = f"broken link ({why})"
+                    return found
+                if not stat.S_ISREG(st.st_mode):
+                    found.problem = f"link to {_kind(st.st_mode)}, not a regular file (not read)"
+                    return found
+                real = os.path.realpath(full)
+                try:
+                    inside = os.path.commonpath([real, real_root]) == real_root
+                except ValueError:  # another drive
+                    inside = False
+                found.link = Path(os.path.relpath(real, real_root)).as_posix() if inside else real
+                found.link_outside = not inside
+            elif not stat.S_ISREG(st.st_mode):
+                found.problem = f"not a regular file ({_kind(st.st_mode)}; not read)"
+                return found
+            if st.st_size > DEFAULT_MAX_FILE_BYTES:
+                found.problem = _too_big(st.st_size)
+                return found
+            with _open_regular(full) as f:
+                digest, n, head = _hash_limited(f, DEFAULT_MAX_FILE_BYTES)
+        except _NotRegular as e:
+            found.problem = f"not a regular file ({e}; not read)"
+            return found
+        except OSError as e:
+            found.problem = f"unreadable ({_short(e)})"
+            return found
+        if digest is None:
+            found.problem = _too_big()
+            return found
+        found.ref, found.digest, found.nbytes, found.dims = full, digest, n, _peek_dims(head)
+        return found
+
+    def read(self, refs: list[Any]) -> Iterator[tuple[Any, Any]]:
         for p in refs:
-            with open(p, "rb") as f:
+            try:
+                f = _open_regular(p)
+            except OSError as e:
+                yield p, _Unreadable(e)
+                continue
+            with f:
                 yield p, f
 
-    def open(self, ref: Any) -> BinaryIO:
-        return open(ref, "rb")
+
+_ZIP_ERRORS = (OSError, RuntimeError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
 class _ZipSource(_Source):
@@ -419,19 +809,61 @@ class _ZipSource(_Source):
         if zf is not None:
             zf.close()
 
-    def scan(self):
+    def walk(self) -> Iterator[_Found | None]:
         for info in self.zf.infolist():
             if info.is_dir():
                 continue
-            yield info, _norm_member(info.filename), info.file_size
+            name, unsafe = _member_name(info.filename)
+            if unsafe:
+                yield _Found(name, problem=unsafe, early=True)
+                continue
+            if not name or not _wanted(name):
+                yield None
+                continue
+            # Unix zips keep the file's mode in the top 16 bits: links and special files are marked there
+            mode = info.external_attr >> 16 if info.create_system == 3 else 0
+            if stat.S_ISLNK(mode):
+                try:
+                    with self.zf.open(info) as f:
+                        raw = _read_at_most(f, _MAX_LINK_BYTES)
+                except _ZIP_ERRORS as e:
+                    yield _Found(name, problem=f"unreadable link ({_short(e)})")
+                    continue
+                if len(raw) > _MAX_LINK_BYTES:
+                    yield _Found(name, problem="link with an overlong target (not followed)")
+                else:
+                    yield _link_found(name, raw.decode("utf-8", "surrogateescape"), hard=False)
+                continue
+            if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+                yield _Found(name, problem=f"not a regular file ({_kind(mode)} in the archive; not read)")
+                continue
+            if info.file_size > DEFAULT_MAX_FILE_BYTES:  # what the archive says, before reading
+                yield _Found(name, problem=_too_big(info.file_size))
+                continue
+            try:
+                with self.zf.open(info) as f:  # and what it really holds, while reading
+                    digest, n, head = _hash_limited(f, DEFAULT_MAX_FILE_BYTES)
+            except _ZIP_ERRORS as e:  # RuntimeError: an encrypted entry
+                yield _Found(name, problem=f"unreadable ({_short(e)})")
+                continue
+            if digest is None:
+                yield _Found(name, problem=_too_big())
+                continue
+            yield _Found(name, ref=info, digest=digest, nbytes=n, dims=_peek_dims(head))
 
     def read(self, refs):
         for info in refs:
-            with self.zf.open(info) as f:
+            try:
+                f = self.zf.open(info)
+            except _ZIP_ERRORS as e:
+                yield info, _Unreadable(e)
+                continue
+            with f:
                 yield info, f
 
-    def open(self, ref):
-        return self.zf.open(ref)
+
+_TAR_KINDS = {tarfile.FIFOTYPE: "a FIFO (named pipe)", tarfile.CHRTYPE: "a character device",
+              tarfile.BLKTYPE: "a block device"}
 
 
 class _TarSource(_Source):
@@ -446,6 +878,36 @@ class _TarSource(_Source):
                     yield i, m, tf
         except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
             raise DataError(f"{self.path}: the tar archive is truncated or corrupt ({_short(e)})") from None
+
+    def walk(self) -> Iterator[_Found | None]:
+        for i, m, tf in self._members():
+            if m.isdir():
+                continue
+            name, unsafe = _member_name(m.name)
+            if unsafe:
+                yield _Found(name, problem=unsafe, early=True)
+                continue
+            if not name or not _wanted(name):
+                yield None
+                continue
+            if m.issym() or m.islnk():
+                yield _link_found(name, m.linkname, hard=m.islnk())
+                continue
+            if not m.isfile():
+                kind = _TAR_KINDS.get(m.type, "a special member")
+                yield _Found(name, problem=f"not a regular file ({kind} in the archive; not read)")
+                continue
+            if m.size > DEFAULT_MAX_FILE_BYTES:
+                yield _Found(name, problem=_too_big(m.size))
+                continue
+            try:
+                digest, n, head = _hash_limited(tf.extractfile(m), DEFAULT_MAX_FILE_BYTES)
+            except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+                raise DataError(f"{self.path}: the tar archive is truncated or corrupt ({_short(e)})") from None
+            if digest is None:
+                yield _Found(name, problem=_too_big())
+                continue
+            yield _Found(name, ref=("file", i), digest=digest, nbytes=n, dims=_peek_dims(head))
 
     def read(self, refs):
         want = {r[1] for r in refs if r[0] == "file"}
@@ -465,7 +927,7 @@ def _open_source(path: Path) -> _Source:
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         return _FolderSource(path)
-    if not path.is_file():
+    if not path.is_file():  # a FIFO, a device ...: never opened
         raise DataError(f"{path}: not a folder, zip or tar archive")
     kind = _archive_kind(path)
     if kind == "zip":
@@ -476,24 +938,21 @@ def _open_source(path: Path) -> _Source:
 
 
 # ---- scanning and hashing -------------------------------------------------------------------------
+class _Entry(NamedTuple):
+    ref: Any                              # None: skipped before decoding
+    digest: str
+    nbytes: int
+    dims: tuple[int, int] | None = None
+
+
 @dataclass
 class _Scan:
-    entries: dict[str, tuple[Any, str, int]] = field(default_factory=dict)  # name -> (ref, digest, nbytes)
-    skipped: list[tuple[str, str]] = field(default_factory=list)            # found but unusable pre-decode
+    entries: dict[str, _Entry] = field(default_factory=dict)           # name -> entry
+    skipped: list[tuple[str, str]] = field(default_factory=list)       # found but unusable pre-decode
+    early: list[tuple[str, str]] = field(default_factory=list)         # ... outside the names (unsafe ...)
+    links: list[tuple[str, str]] = field(default_factory=list)         # followed links: (name, target)
     ignored: int = 0
     key: str = ""
-
-
-def _hash_stream(f: BinaryIO) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    while True:
-        block = f.read(_CHUNK)
-        if not block:
-            break
-        h.update(block)
-        n += len(block)
-    return h.hexdigest(), n
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -511,137 +970,204 @@ def _common_prefix(names: list[str]) -> str:
     return prefix
 
 
+def _resolve_links(found: list[_Found]) -> None:
+    """Archive links: one that ends at a regular image member is read as that member (unpacking gives a
+    copy too) and noted; one that ends nowhere, at a member that is skipped, or goes round in a loop is
+    skipped with the reason. Links out of the archive were refused already."""
+    by_name = {f.name: f for f in found if not f.early}  # a name held twice: the later copy, as unpacked
+    for f in found:
+        if f.target is None or f.problem:
+            continue
+        t, hops = f.target, 0
+        while True:
+            dest = by_name.get(t)
+            if dest is None:
+                f.problem = f"broken link (-> {t}: no such image file in the archive)"
+            elif dest.target is not None and not dest.problem:  # a link to a link
+                hops += 1
+                if hops <= _MAX_LINK_HOPS:
+                    t = dest.target
+                    continue
+                f.problem = f"too many levels of links (more than {_MAX_LINK_HOPS}; a loop?)"
+            elif dest.problem or dest.ref is None:
+                f.problem = f"link to {t}, which is skipped ({dest.problem or 'not read'})"
+            else:
+                f.ref, f.digest, f.nbytes, f.dims, f.link = dest.ref, dest.digest, dest.nbytes, dest.dims, t
+            break
+
+
 def _scan(source: _Source, size: int, background: str, max_pixels: int, progress: bool,
           removal: _Removal | None = None) -> _Scan:
     from tqdm.auto import tqdm
 
-    found: list[tuple[str, Any, str, int]] = []  # (raw name, ref, digest or 'unreadable', nbytes)
-    problems: dict[int, str] = {}
+    found: list[_Found] = []
     ignored = 0
-    bar = tqdm(desc=f"hashing {source.path.name}", unit="file", disable=not progress, leave=False)
+    bar = tqdm(desc=f"hashing {_printable(source.path.name)}", unit="file", disable=not progress, leave=False)
     try:
-        if isinstance(source, _TarSource):
-            # stream mode: hash each member while it is the current one
-            for i, m, tf in source._members():
-                if m.isdir():
-                    continue
-                name = _norm_member(m.name)
-                if not _wanted(name):
-                    ignored += 1
-                    continue
-                if not m.isfile():
-                    problems[len(found)] = "link or special file in the archive (not followed)"
-                    found.append((name, ("link", i), "unreadable", 0))
-                    continue
-                try:
-                    digest, n = _hash_stream(tf.extractfile(m))
-                except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-                    raise DataError(f"{source.path}: the tar archive is truncated or corrupt "
-                                    f"({_short(e)})") from None
-                found.append((name, ("file", i), digest, n))
-                bar.update(1)
-        else:
-            for ref, name, _sz in source.scan():
-                if not name or not _wanted(name):
-                    ignored += 1
-                    continue
-                try:
-                    with source.open(ref) as f:
-                        digest, n = _hash_stream(f)
-                except (OSError, RuntimeError, zipfile.BadZipFile, zlib.error, EOFError) as e:
-                    # RuntimeError: an encrypted zip entry
-                    problems[len(found)] = f"unreadable ({_short(e)})"
-                    digest, n = "unreadable", 0
-                found.append((name, ref, digest, n))
-                bar.update(1)
+        for rec in source.walk():
+            if rec is None:
+                ignored += 1
+                continue
+            found.append(rec)
+            bar.update(1)
     finally:
         bar.close()
+    _resolve_links(found)
 
     scan = _Scan(ignored=ignored)
-    prefix = _common_prefix([f[0] for f in found])
-    for idx, (raw, ref, digest, n) in enumerate(found):
-        name = raw[len(prefix):]
-        if idx in problems:
-            scan.skipped.append((name, problems[idx]))
+    named = [f for f in found if not f.early]
+    prefix = _common_prefix([f.name for f in named])
+
+    def strip(n: str) -> str:
+        return n[len(prefix):] if prefix and n.startswith(prefix) else n
+
+    links: dict[str, str] = {}
+    for f in named:
+        name = strip(f.name)
+        if f.problem:
+            scan.skipped.append((name, f.problem))
         if name in scan.entries:
             # archives may hold a name twice; like extraction, the later copy wins
             scan.skipped.append((name, "duplicate entry in the archive (the later copy was used)"))
-        scan.entries[name] = (ref if idx not in problems else None, digest, n)
+            links.pop(name, None)
+        scan.entries[name] = _Entry(None if f.problem else f.ref, f.digest, f.nbytes, f.dims)
+        if f.link is not None and not f.problem:
+            links[name] = f.link if f.link_outside else strip(f.link)
+    scan.early = [(f.name, f.problem or "") for f in found if f.early]
+    scan.skipped += scan.early
+    scan.links = sorted(links.items(), key=lambda kv: natural_key(kv[0]))
     scan.key = _make_key(scan.entries, size, background, max_pixels,
-                         _removal_key(removal.model) if removal is not None else None)
+                         _removal_key(removal.model) if removal is not None else None, scan.early)
     return scan
 
 
-def _make_key(entries: dict[str, tuple[Any, str, int]], size: int, background: str, max_pixels: int,
-              removal: str | None = None) -> str:
+def _name_bytes(name: str) -> bytes:
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
+
+
+def _make_key(entries: dict[str, _Entry], size: int, background: str, max_pixels: int,
+              removal: str | None = None, early: list[tuple[str, str]] | tuple = ()) -> str:
     """sha256 over the pipeline version, the options and every (name, sha256 of bytes) in sorted order.
     Hashing per-file digests lets archives be hashed in storage order in one streaming pass. The removal
-    line is only there when it is on, so the keys of sets prepared without it did not change."""
+    line is only there when it is on, and the lines of members reported under their own names (unsafe
+    archive names, links to folders) only when there are some, so the keys of other sets did not change."""
     h = hashlib.sha256()
     h.update(f"{PIPELINE_VERSION}\nsize={size}\nbackground={background}\nmax_pixels={max_pixels}\n".encode())
     if removal is not None:
         h.update(f"remove_background={removal}\n".encode())
     for name in sorted(entries):
-        h.update(name.encode("utf-8", "surrogateescape") + b"\0" + entries[name][1].encode() + b"\n")
+        h.update(_name_bytes(name) + b"\0" + entries[name][1].encode() + b"\n")
+    for name, reason in sorted(early):
+        h.update(b"skipped\0" + _name_bytes(name) + b"\0" + _name_bytes(reason) + b"\n")
     return h.hexdigest()[:16]
 
 
+def _budget_error(src: Path, lead: str, total: int, budget: int, detail: str = "") -> DataError:
+    detail = f"{detail}; " if detail else ""
+    return DataError(f"{src}: {lead} {total:,} pixels, over the pixel budget of {budget:,} for one set ({detail}a "
+                     f"guard against decompression bombs). If the pictures really are that big, raise it: "
+                     f"`pokelab data prepare SRC OUT --max-total-pixels N`, then train on OUT")
+
+
+def _check_budget(src: Path, scan: _Scan, max_pixels: int, max_total_pixels: int) -> None:
+    """Before decoding: the pixels the headers announce (pictures over the per-picture limit are skipped
+    anyway and do not count) against the budget for the whole set."""
+    sizes = [(n, e.dims) for n, e in scan.entries.items()
+             if e.ref is not None and e.dims and e.dims[0] * e.dims[1] <= max_pixels]
+    total = sum(w * h for _n, (w, h) in sizes)
+    if total > max_total_pixels:
+        sizes.sort(key=lambda s: (-s[1][0] * s[1][1], natural_key(s[0])))
+        largest = ", ".join(f"{n} ({w}x{h})" for n, (w, h) in sizes[:5])
+        more = f" and {len(sizes) - 5} more" if len(sizes) > 5 else ""
+        raise _budget_error(src, f"its {len(sizes)} picture(s) would decode to", total, max_total_pixels,
+                            f"largest: {largest}{more}")
+
+
 def _decode_all(source: _Source, scan: _Scan, size: int, background: str, max_pixels: int,
-                progress: bool, removal: _Removal | None = None
+                progress: bool, removal: _Removal | None = None,
+                max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS
                 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
     skipped = list(scan.skipped)
-    todo: dict[Any, str] = {}
-    for name, (ref, digest, nbytes) in scan.entries.items():
-        if ref is None:
-            continue
-        if nbytes > DEFAULT_MAX_FILE_BYTES:
-            skipped.append((name, f"file is {nbytes / 2**20:.0f} MiB, over the "
-                                  f"{DEFAULT_MAX_FILE_BYTES / 2**20:.0f} MiB limit"))
-            continue
-        todo[_ref_id(ref)] = name
-    refs = _storage_order(source, [scan.entries[n][0] for n in todo.values()])
+    todo: dict[Any, tuple[Any, list[str]]] = {}  # one read per file; a followed archive link shares it
+    for name, entry in scan.entries.items():
+        if entry.ref is not None:
+            todo.setdefault(_ref_id(entry.ref), (entry.ref, []))[1].append(name)
+    refs = _storage_order(source, [ref for ref, _names in todo.values()])
     decoded: dict[str, np.ndarray] = {}
+    total = 0
+    in_flight = {"pixels": 0, "bytes": 0}
 
-    def work(name: str, data: bytes) -> tuple[str, np.ndarray | None, str]:
+    def work(names: list[str], data: bytes) -> tuple[list[str], np.ndarray | None, str]:
         try:
-            return name, _decode_array(data, size, background, max_pixels, removal), ""
+            return names, _decode_array(data, size, background, max_pixels, removal), ""
         except _Skip as e:
-            return name, None, str(e)
+            return names, None, str(e)
 
-    def collect(fut) -> None:
-        name, arr, reason = fut.result()
-        if arr is None:
+    def collect(job) -> None:
+        fut, pixels, nbytes = job
+        names, arr, reason = fut.result()
+        in_flight["pixels"] -= pixels
+        in_flight["bytes"] -= nbytes
+        for name in names:
+            if arr is None:
+                skipped.append((name, reason))
+            else:
+                decoded[name] = arr
+            bar.update(1)
+
+    def skip(names: list[str], reason: str) -> None:
+        for name in names:
             skipped.append((name, reason))
-        else:
-            decoded[name] = arr
-        bar.update(1)
+            bar.update(1)
 
     # Reading stays sequential (archives are streams); decoding runs in threads because PIL's decoders
-    # and resize release the GIL. A bounded window keeps memory flat on big sets. rembg predictions are
-    # serialised by engines.background (one at a time; onnxruntime itself uses all cores).
+    # and resize release the GIL. A bounded window keeps memory flat on big sets: a few jobs per thread,
+    # and at most _IN_FLIGHT_PIXELS decoded pixels and _IN_FLIGHT_BYTES file bytes at once (one bigger
+    # picture goes alone), so a set of huge pictures is decoded one at a time instead of all together.
+    # rembg predictions are serialised by engines.background (one at a time; onnxruntime uses all cores).
     workers = max(1, min(8, os.cpu_count() or 1))
     window: list = []
-    with tqdm(total=len(refs), desc=f"preparing {source.path.name}", unit="img", disable=not progress) as bar, \
+    with _strict_truncation(), \
+            tqdm(total=sum(len(n) for _r, n in todo.values()), desc=f"preparing {_printable(source.path.name)}",
+                 unit="img", disable=not progress) as bar, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pokelab-data") as pool:
         for ref, f in source.read(refs):
-            name = todo[_ref_id(ref)]
+            names = todo[_ref_id(ref)][1]
             try:
-                data = f.read()
-            except (OSError, RuntimeError, zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as e:
-                skipped.append((name, f"unreadable ({_short(e)})"))
-                bar.update(1)
+                data = _read_at_most(f, DEFAULT_MAX_FILE_BYTES)
+            except _NotRegular as e:
+                skip(names, f"not a regular file ({e}; not read)")
                 continue
-            if hashlib.sha256(data).hexdigest() != scan.entries[name][1]:
-                raise DataError(f"{source.path}: {name} changed while it was being prepared; run again")
-            window.append(pool.submit(work, name, data))
-            if len(window) >= 4 * workers:
+            except (OSError, RuntimeError, zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as e:
+                skip(names, f"unreadable ({_short(e)})")
+                continue
+            if len(data) > DEFAULT_MAX_FILE_BYTES:
+                skip(names, _too_big())
+                continue
+            if hashlib.sha256(data).hexdigest() != scan.entries[names[0]].digest:
+                raise DataError(f"{source.path}: {names[0]} changed while it was being prepared; run again")
+            dims = scan.entries[names[0]].dims or _peek_dims(data)
+            pixels = dims[0] * dims[1] if dims and dims[0] * dims[1] <= max_pixels else 0
+            total += pixels * len(names)
+            if total > max_total_pixels:  # a header the scan could not see (see _check_budget)
+                raise _budget_error(source.path, f"decoding {names[0]} ({dims[0]}x{dims[1]}) brings the total to",
+                                    total, max_total_pixels)
+            while window and (len(window) >= 4 * workers
+                              or in_flight["pixels"] + pixels > _IN_FLIGHT_PIXELS
+                              or in_flight["bytes"] + len(data) > _IN_FLIGHT_BYTES):
                 collect(window.pop(0))
-        for fut in window:
-            collect(fut)
+            in_flight["pixels"] += pixels
+            in_flight["bytes"] += len(data)
+            window.append((pool.submit(work, names, data), pixels, len(data)))
+        for job in window:
+            collect(job)
     files = sorted(decoded, key=natural_key)
     skipped.sort(key=lambda s: natural_key(s[0]))
     images = np.empty((len(files), 3, size, size), np.uint8)
@@ -651,7 +1177,7 @@ def _decode_all(source: _Source, scan: _Scan, size: int, background: str, max_pi
 
 
 def _ref_id(ref: Any) -> Any:
-    return str(ref) if isinstance(ref, Path) else (ref.filename, ref.header_offset) \
+    return str(ref) if isinstance(ref, (Path, str)) else (ref.filename, ref.header_offset) \
         if isinstance(ref, zipfile.ZipInfo) else ref
 
 
@@ -700,6 +1226,7 @@ def _write_prepared(folder: Path, ds: PreparedDataset, images: np.ndarray, raw_s
         "skipped": [list(s) for s in ds.skipped],
         "ignored": ds.ignored,
         "background_removal": ds.background_removal,
+        "links": [list(link) for link in ds.links],
     })
 
 
@@ -707,15 +1234,15 @@ def _foreign_json(meta_path: Path) -> bool:
     """A readable JSON file without our format marker is someone else's: never overwrite it. (A damaged,
     unparseable one is treated as ours, so re-preparing repairs it.)"""
     try:
-        meta = json.loads(meta_path.read_text("utf-8"))
-    except (OSError, ValueError):  # missing or unparseable
+        meta = _read_json(meta_path)
+    except (OSError, ValueError):  # missing, unparseable or not a regular file
         return False
     return not (isinstance(meta, dict) and meta.get("format") == FORMAT)
 
 
 def _looks_prepared(folder: Path) -> bool:
     try:
-        meta = json.loads((folder / "dataset.json").read_text("utf-8"))
+        meta = _read_json(folder / "dataset.json")
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
@@ -732,7 +1259,7 @@ def _read_prepared(folder: Path, verify: bool = True) -> tuple[PreparedDataset, 
 
     meta_path = folder / "dataset.json"
     try:
-        meta = json.loads(meta_path.read_text("utf-8"))
+        meta = _read_json(meta_path)
     except FileNotFoundError:
         raise _Corrupt(f"{folder}: dataset.json is missing") from None
     except (OSError, ValueError) as e:
@@ -749,13 +1276,17 @@ def _read_prepared(folder: Path, verify: bool = True) -> tuple[PreparedDataset, 
         removal = meta.get("background_removal")
         if removal is not None and not isinstance(removal, dict):
             raise TypeError("background_removal is not an object")
+        links = [(str(a), str(b)) for a, b in meta.get("links") or []]
     except (KeyError, TypeError, ValueError) as e:
         raise _Corrupt(f"{folder}: dataset.json lacks a field or has a wrong one ({_short(e)})") from None
     try:
         # allow_pickle=False: an object array (which would need unpickling) is refused, not loaded
-        arr = np.load(folder / "images.npy", allow_pickle=False)
+        with _open_regular(folder / "images.npy") as f:
+            arr = np.load(f, allow_pickle=False)
     except FileNotFoundError:
         raise _Corrupt(f"{folder}: images.npy is missing") from None
+    except _NotRegular as e:
+        raise _Corrupt(f"{folder}: images.npy is {e}") from None
     except (OSError, ValueError, EOFError) as e:
         raise _Corrupt(f"{folder}: images.npy is damaged ({_short(e)})") from None
     if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.shape != (count, 3, size, size) \
@@ -768,41 +1299,49 @@ def _read_prepared(folder: Path, verify: bool = True) -> tuple[PreparedDataset, 
     ds = PreparedDataset(images=images, key=key, name=str(meta.get("name") or folder.name), size=size,
                          background=background, files=files, skipped=skipped,
                          source=str(folder.resolve()), ignored=int(meta.get("ignored", 0) or 0),
-                         location=str(folder.resolve()), background_removal=removal)
+                         location=str(folder.resolve()), background_removal=removal, links=links)
     return ds, meta
 
 
 # ---- public API -----------------------------------------------------------------------------------
 def _build(source: _Source, scan: _Scan, size: int, background: str, max_pixels: int,
-           progress: bool, src: Path, removal: _Removal | None = None) -> tuple[PreparedDataset, np.ndarray]:
+           progress: bool, src: Path, removal: _Removal | None = None,
+           max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> tuple[PreparedDataset, np.ndarray]:
     import torch
 
     if not scan.entries:
         what = f"; {scan.ignored} other file(s) were ignored" if scan.ignored else ""
-        raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}{what})")
+        unsafe = f"; {len(scan.early)} skipped: {scan.early[0][0]}: {scan.early[0][1]}" if scan.early else ""
+        raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}{what}"
+                        f"{unsafe})")
+    _check_budget(src, scan, max_pixels, max_total_pixels)
     if removal is not None:
         removal.start()
-    images, files, skipped = _decode_all(source, scan, size, background, max_pixels, progress, removal)
+    images, files, skipped = _decode_all(source, scan, size, background, max_pixels, progress, removal,
+                                         max_total_pixels)
     if not files:
         first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
         raise DataError(f"{src}: none of the {len(scan.entries)} image file(s) could be used ({first}"
                         f"{' ...' if len(skipped) > 3 else ''})")
     ds = PreparedDataset(images=torch.from_numpy(images), key=scan.key, name=source_name(src), size=size,
                          background=background, files=files, skipped=skipped, source=str(src.resolve()),
-                         ignored=scan.ignored, background_removal=removal.record() if removal else None)
+                         ignored=scan.ignored, background_removal=removal.record() if removal else None,
+                         links=list(scan.links))
     return ds, images
 
 
 def prepare(src: str | os.PathLike, out: str | os.PathLike | None = None, size: int = 128,
             background: str = "white", progress: bool = True, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             force: bool = False, remove_background: bool = False, rembg_model: str = bgremoval.DEFAULT_MODEL,
-            rembg_model_path: str | os.PathLike | None = None) -> PreparedDataset:
+            rembg_model_path: str | os.PathLike | None = None,
+            max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> PreparedDataset:
     """Prepare SRC (folder, .zip, .tar[.gz]) at ``size`` px on ``background``. With ``out`` the result
     is written there (atomically); an ``out`` already holding the same content key is reused unless
     ``force``. ``remove_background``: rembg cuts each subject out first (``rembg_model`` by name, or a
     local U2Net-style ONNX file ``rembg_model_path``); pictures with their own transparency keep it.
+    ``max_pixels`` limits one picture, ``max_total_pixels`` the whole set (docs/data.md, "Limits").
     Raises DataError when nothing usable is found."""
-    size, background, max_pixels = _check_options(size, background, max_pixels)
+    size, background, max_pixels = _check_options(size, background, max_pixels, max_total_pixels)
     removal = _removal_options(remove_background, rembg_model, rembg_model_path, background)
     src_p = Path(src).expanduser()
     if is_prepared(src_p):
@@ -820,9 +1359,10 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike | None = None, size: 
                 pass  # damaged: rebuild it below
             else:
                 if ds.key == scan.key:
-                    ds.name, ds.source = source_name(src_p), str(src_p.resolve())
+                    ds.name, ds.source, ds.links = source_name(src_p), str(src_p.resolve()), list(scan.links)
                     return ds
-        ds, images = _build(source, scan, size, background, max_pixels, progress, src_p, removal)
+        ds, images = _build(source, scan, size, background, max_pixels, progress, src_p, removal,
+                            max_total_pixels)
     if out_p is not None:
         try:
             _write_prepared(out_p, ds, images, ds.source)
@@ -834,7 +1374,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike | None = None, size: 
 
 def _recorded_source(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "dataset.json").read_text("utf-8")).get("source")
+        return _read_json(folder / "dataset.json").get("source")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -843,7 +1383,8 @@ def load_dataset(path: str | os.PathLike, size: int = 128, background: str = "wh
                  cache_dir: str | os.PathLike | None = None, progress: bool = True, *,
                  max_pixels: int = DEFAULT_MAX_PIXELS, remove_background: bool | None = None,
                  rembg_model: str = bgremoval.DEFAULT_MODEL,
-                 rembg_model_path: str | os.PathLike | None = None) -> PreparedDataset:
+                 rembg_model_path: str | os.PathLike | None = None,
+                 max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> PreparedDataset:
     """A prepared folder, or a raw folder / zip / tar prepared into the cache
     (``cache_dir`` or $POKELAB_CACHE or ~/.cache/pokelab, entry ``datasets/<key>``).
 
@@ -852,8 +1393,8 @@ def load_dataset(path: str | os.PathLike, size: int = 128, background: str = "wh
     ``remove_background`` None (default): a prepared folder is taken with or without background removal,
     as it was made (and keeps it when re-prepared at another size); a raw source gets none. True/False
     asks for it (with ``rembg_model`` / ``rembg_model_path``, as in ``prepare``); a prepared folder made
-    otherwise is re-prepared from its source."""
-    size, background, max_pixels = _check_options(size, background, max_pixels)
+    otherwise is re-prepared from its source. ``max_pixels`` / ``max_total_pixels``: as in ``prepare``."""
+    size, background, max_pixels = _check_options(size, background, max_pixels, max_total_pixels)
     removal = _removal_options(remove_background, rembg_model, rembg_model_path, background)
     p = Path(path).expanduser()
     if p.is_file() and p.name == "dataset.json":
@@ -883,9 +1424,10 @@ def load_dataset(path: str | os.PathLike, size: int = 128, background: str = "wh
         recorded = meta.get("source")
         if recorded and Path(recorded).exists() and not is_prepared(Path(recorded)):
             if progress:
-                print(f"note: {p} holds {ds.size} px images on {ds.background}{now}; preparing {size} px on "
-                      f"{background}{then} from its source {recorded}", file=sys.stderr)
-            return load_dataset(recorded, size, background, cache_dir, progress, max_pixels=max_pixels, **want)
+                print(_printable(f"note: {p} holds {ds.size} px images on {ds.background}{now}; preparing "
+                                 f"{size} px on {background}{then} from its source {recorded}"), file=sys.stderr)
+            return load_dataset(recorded, size, background, cache_dir, progress, max_pixels=max_pixels,
+                                max_total_pixels=max_total_pixels, **want)
         flag = " --remove-background" if want["remove_background"] else ""
         raise DataError(f"{p} was prepared at {ds.size} px on {ds.background}{now} but {size} px on "
                         f"{background}{then} is needed, and its source ({recorded or 'not recorded'}) is not "
@@ -904,17 +1446,18 @@ def load_dataset(path: str | os.PathLike, size: int = 128, background: str = "wh
                 if ds.key != scan.key:
                     raise _Corrupt(f"{entry}: holds key {ds.key}")
             except DataError as e:
-                print(f"note: rebuilding a damaged cache entry ({e})", file=sys.stderr)
+                print(_printable(f"note: rebuilding a damaged cache entry ({e})"), file=sys.stderr)
             else:
-                ds.name, ds.source = source_name(p), str(p.resolve())
+                ds.name, ds.source, ds.links = source_name(p), str(p.resolve()), list(scan.links)
                 return ds
-        ds, images = _build(source, scan, size, background, max_pixels, progress, p, removal)
+        ds, images = _build(source, scan, size, background, max_pixels, progress, p, removal,
+                            max_total_pixels)
     try:
         _write_prepared(entry, ds, images, ds.source, cache_entry=True)
         ds.location = str(entry.resolve())
     except (OSError, DataError) as e:  # a read-only or full cache must not stop training
-        print(f"warning: could not write the dataset cache at {entry} ({_short(e)}); continuing without it",
-              file=sys.stderr)
+        print(_printable(f"warning: could not write the dataset cache at {entry} ({_short(e)}); continuing "
+                         f"without it"), file=sys.stderr)
     return ds
 
 
@@ -929,12 +1472,22 @@ def format_report(ds: PreparedDataset, out: str | os.PathLike | None = None, reu
                      f"{rec.get('kept_alpha', 0)} kept their own transparency")
     if ds.ignored:
         lines.append(f"  ignored {ds.ignored} non-image file(s)")
+    links = list(getattr(ds, "links", None) or [])
+    if links:
+        lines.append(f"  followed {len(links)} link(s) (each read as the file it points to):")
+        lines += [f"    {name} -> {target}" for name, target in links[:_REPORT_LINKS]]
+        if len(links) > _REPORT_LINKS:
+            lines.append(f"    ... and {len(links) - _REPORT_LINKS} more (all are listed in dataset.json)")
     if ds.skipped:
         lines.append(f"  skipped {len(ds.skipped)} file(s):")
         lines += [f"    {name}: {reason}" for name, reason in ds.skipped]
     else:
         lines.append("  skipped 0 files")
-    return "\n".join(lines)
+    # names come from the files: a newline, ESC or bidi override in one must not forge or hide lines
+    return "\n".join(_printable(line) for line in lines)
+
+
+_REPORT_LINKS = 10
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -946,9 +1499,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         ds = prepare(args.src, out, size=args.size, background=args.background, progress=args.progress,
                      max_pixels=args.max_pixels, force=args.force, remove_background=args.remove_background,
                      rembg_model=args.rembg_model or bgremoval.DEFAULT_MODEL,
-                     rembg_model_path=args.rembg_model_path)
+                     rembg_model_path=args.rembg_model_path, max_total_pixels=args.max_total_pixels)
     except DataError as e:
-        print(f"pokelab data prepare: error: {e}", file=sys.stderr)
+        print(f"pokelab data prepare: error: {_printable(e)}", file=sys.stderr)
         return 2
     print(format_report(ds, args.out, reused=(before == ds.key and not args.force)))
     return 0
@@ -956,7 +1509,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _read_key(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "dataset.json").read_text("utf-8")).get("key")
+        return _read_json(folder / "dataset.json").get("key")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -964,13 +1517,13 @@ def _read_key(folder: Path) -> str | None:
 def _cmd_info(args: argparse.Namespace) -> int:
     p = Path(args.path)
     if not is_prepared(p):
-        print(f"pokelab data info: error: {p} is not a prepared dataset (no pokelab dataset.json)",
+        print(_printable(f"pokelab data info: error: {p} is not a prepared dataset (no pokelab dataset.json)"),
               file=sys.stderr)
         return 2
     try:
         ds, meta = _read_prepared(p)
     except DataError as e:
-        print(f"pokelab data info: error: {e}", file=sys.stderr)
+        print(f"pokelab data info: error: {_printable(e)}", file=sys.stderr)
         return 2
     ds.source = str(meta.get("source") or ds.source)
     print(format_report(ds, p))
@@ -1004,6 +1557,9 @@ def add_data_commands(subparsers) -> None:
                         "'none' keeps the colour under transparent pixels and pads with black)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--max-total-pixels", type=int, default=DEFAULT_MAX_TOTAL_PIXELS,
+                   help=f"refuse a set whose pictures decode to more pixels than this in all "
+                        f"(default {DEFAULT_MAX_TOTAL_PIXELS:,}; a guard against decompression bombs)")
     p.add_argument("--remove-background", action="store_true",
                    help="cut each subject out with rembg first, so it lands on --background; pictures that "
                         "already have transparency keep their own (needs pokelab[translate])")
