@@ -12,6 +12,7 @@ _MODULES = {
     "stylegan2_ada": "engines.generate.stylegan2_ada",
     "aegan": "engines.generate.aegan",
     "projected_gan": "engines.generate.projected_gan",
+    "pggan": "engines.generate.pggan",
     "cyclegan": "engines.translate.cyclegan",
     "cartoongan": "engines.translate.cartoongan",
     "ugatit": "engines.translate.ugatit",
