@@ -19,6 +19,7 @@ Contract (see docs/engines.md):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
 from typing import Any, ClassVar
@@ -37,6 +38,10 @@ class Engine(nn.Module):
     protocol_notes: ClassVar[str] = ""
     #: trainer defaults (TrainConfig fields) of this engine's protocol where it is not the generation one
     protocol_defaults: ClassVar[dict[str, Any]] = {}
+    #: ``generate`` keyword arguments for samples that feed metrics (inside ``metrics_sampling()``, which
+    #: engines.metrics' evaluate_generator enters): how the engine's reference implementation measures, e.g.
+    #: StyleGAN2's per-sample random noise. Grids, the app and explicit keyword arguments are not affected.
+    metrics_sample_kwargs: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -81,6 +86,8 @@ class Engine(nn.Module):
         self.to(device)
         if device.type == "cuda":
             self.to(memory_format=torch.channels_last)
+            # fixed shapes every step: let cuDNN pick its fastest kernels once (the references do the same)
+            torch.backends.cudnn.benchmark = True
         self.augment = augment
         if amp and device.type == "cuda":
             self.amp_dtype = cuda_amp_dtype(device)
@@ -169,6 +176,7 @@ class Engine(nn.Module):
             if n is None:
                 raise ValueError("sample() needs z or n")
             z = self.latent(n, seed)
+        gen_kwargs = self.sample_kwargs(seed, gen_kwargs)
         was_training = self.training
         self.eval()
         try:
@@ -177,6 +185,14 @@ class Engine(nn.Module):
         finally:
             self.train(was_training)
         return torch.cat(out)
+
+    def sample_kwargs(self, seed: int | None, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The ``generate`` keyword arguments of one ``sample`` call: inside ``metrics_sampling()`` the
+        engine's ``metrics_sample_kwargs`` under the caller's own. Engines whose metric samples need more
+        (StyleGAN2: a noise generator seeded from ``seed``) extend this."""
+        if self.metrics_sample_kwargs and _METRICS_SAMPLING.get():
+            return {**self.metrics_sample_kwargs, **gen_kwargs}
+        return dict(gen_kwargs)
 
     @torch.inference_mode()
     def interpolate(self, seed_a: int, seed_b: int, frames: int = 24, mode: str = "slerp",
@@ -233,6 +249,50 @@ class Engine(nn.Module):
                 s.load_state_dict(saved[k])
         if state.get("augment") and hasattr(self.augment, "load_state_dict"):
             self.augment.load_state_dict(state["augment"])
+
+
+_METRICS_SAMPLING: contextvars.ContextVar[bool] = contextvars.ContextVar("pokelab_metrics_sampling", default=False)
+
+
+@contextlib.contextmanager
+def metrics_sampling():
+    """Inside this block ``Engine.sample`` adds the engine's ``metrics_sample_kwargs``: samples are drawn the
+    way the engine's reference implementation draws them for FID/KID (engines.metrics.evaluate enters it)."""
+    token = _METRICS_SAMPLING.set(True)
+    try:
+        yield
+    finally:
+        _METRICS_SAMPLING.reset(token)
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """Full fp32 matmuls and convolutions on CUDA inside the block (TF32 off), restored afterwards.
+
+    Gradient penalties (R1, path length, WGAN-GP) differentiate twice through D or G: TF32's 10-bit mantissa
+    turns their small gradient norms into noise, which is why stylegan2-ada-pytorch runs with allow_tf32=False."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """No weight gradients for these modules inside the block (e.g. D during a G step: its gradients would be
+    computed and thrown away). Parameters that were already frozen (a pretrained feature network) stay so."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def cuda_amp_dtype(device: torch.device) -> torch.dtype:

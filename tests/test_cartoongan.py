@@ -11,7 +11,7 @@ from engines.runs import list_samples, read_info, read_metrics
 from engines.translate import cartoongan as cg
 from engines.translate.cartoongan import CartoonGAN, canny_edges, edge_smooth, get_vgg_content
 
-TINY = {"ngf": 8, "ndf": 8, "n_blocks": 2, "init_epochs": 1, "flip": False}
+TINY = {"ngf": 8, "ndf": 8, "n_blocks": 2, "init_epochs": 1, "flip": False, "resize_crop": False}
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,17 @@ def test_canny_hysteresis_keeps_weak_edges_only_when_connected():
 
 
 # ---- content loss -----------------------------------------------------------------------------------
+
+def test_edge_kernels_are_built_once_per_device(monkeypatch):
+    """torch.tensor(..., device=cuda) per call is a host-to-device copy that would stall every D step."""
+    x = batch(n=2)
+    first, _ = edge_smooth(x)
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(1) or real(*a, **k))
+    again, _ = edge_smooth(x)
+    assert not made and torch.equal(first, again)
+
 
 def test_content_network_is_the_pretrained_vgg16(vgg):
     assert get_vgg_content("cpu") is vgg  # cached per process and device

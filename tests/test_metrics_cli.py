@@ -165,3 +165,32 @@ def test_eval_log_appends_an_evaluation_to_a_stopped_run(tmp_path, capsys):
     with pytest.raises(ValueError, match="needs a run folder"):
         _eval([str(real), "--against", str(real), "--metrics", "kid", "--log"])
     assert len(read_metrics(run).eval) == 1
+
+
+def test_eval_of_a_run_measures_what_the_trainer_measured(tmp_path, capsys):
+    """`pokelab eval RUN` on a run trained on black backgrounds with its own seed reproduces the trainer's last
+    logged FID/KID: the recorded background, the trainer's evaluation seed, the run's device, its final export."""
+    from engines.cli import main
+    from engines.runs import read_info, read_metrics
+
+    real = _write_pokemon(tmp_path / "real", range(1, 17), 32, mode="RGBA")  # transparent: the background matters
+    argv = ["train", "dcgan", "--data", str(real), "--runs", str(tmp_path / "runs"), "--image-size", "32",
+            "--epochs", "1", "--batch-size", "8", "--seed", "3", "--no-progress",
+            "--set", "background=black", "--set", "eval_every=1", "--set", "eval_n=10",
+            "--set", "eval_metrics=fid,kid", "--set", "sample_every=1", "--set", "grid_n=4",
+            "--set", "g_width=8", "--set", "d_width=8", "--set", "z_dim=16"]
+    assert main(argv) == 0
+    run = next((tmp_path / "runs").iterdir())
+    assert read_info(run)["dataset"]["background"] == "black"
+    logged = read_metrics(run).eval[-1]
+    capsys.readouterr()
+    assert _eval([str(run), "--n", "10", "--metrics", "fid,kid", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seed"] == 3 + 1_000_000 and out["background"] == "black" and out["device"] == "cpu"
+    assert out["export_epoch"] == 1
+    assert out["metrics"]["fid"] == pytest.approx(logged["fid"], rel=1e-6)
+    assert out["metrics"]["kid"] == pytest.approx(logged["kid"], rel=1e-6, abs=1e-9)
+    # what the command measured before: white backgrounds and seed 0 give other numbers
+    assert _eval([str(run), "--n", "10", "--metrics", "fid", "--json", "--background", "white", "--seed", "0"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert other["background"] == "white" and other["metrics"]["fid"] != pytest.approx(logged["fid"], rel=1e-3)

@@ -35,7 +35,8 @@ def test_registry_and_defaults():
     c = cls.default_config()
     assert c["z_dim"] == c["w_dim"] == 512 and c["mapping_layers"] == 8 and c["betas"] == [0.0, 0.99]
     assert c["r1_interval"] == 16 and c["pl_interval"] == 4 and c["pl_weight"] == 2.0
-    assert c["style_mixing_prob"] == 0.9 and c["ema_kimg"] == 10.0 and "lr" in cls.protocol_notes
+    assert c["style_mixing_prob"] == 0.9 and c["ema_kimg"] is None and c["ema_rampup"] == 0.05
+    assert c["num_fp16_res"] == 4 and "lr" in cls.protocol_notes
 
 
 @pytest.mark.parametrize("size,num_ws", [(32, 8), (64, 10)])
@@ -302,3 +303,130 @@ def test_trainer_runs_stylegan2_ada_with_ada(tmp_path, tiny_dataset):
     assert all(0 <= r["augment_p"] <= 1 for r in recs)
     assert t.engine.augment.rt is not None  # the engine fed D's real logits back to ADA
     assert torch.equal(load_export(run).sample(n=3, seed=1), t.engine.sample(n=3, seed=1))
+
+
+def _dtypes_under_bf16(e, z):
+    """Output dtypes of G's and D's parts in one forward pass under CPU bf16 autocast."""
+    seen = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            seen[name] = output.dtype
+        return record
+
+    G, D = e.G, e.D
+    for i, lin in enumerate(G.mapping.net):
+        lin.register_forward_hook(hook(f"mapping.{i}"))
+    for i, r in enumerate(G.synthesis.resolutions):
+        G.synthesis.convs1[i].register_forward_hook(hook(f"G.conv.{r}"))
+    for r, block in zip(D.block_resolutions, D.blocks):
+        block.register_forward_hook(hook(f"D.block.{r}"))
+    D.from_rgb.register_forward_hook(hook("D.from_rgb"))
+    for name in ("mbstd", "conv", "fc", "out"):
+        getattr(D, name).register_forward_hook(hook(f"D.{name}"))
+    ups = []
+    up = G.synthesis.fir.up
+    G.synthesis.fir.up = lambda x: ups.append(x.dtype) or up(x)
+    e.amp_dtype = torch.bfloat16  # what setup() picks on an Ampere+ GPU; CPU autocast runs the same code
+    with e.autocast():
+        img, _ = e._run_G(z, update_w_avg=False)
+        logits = D(img)
+    return seen, ups, img.dtype, logits.dtype
+
+
+def test_reduced_precision_only_where_the_reference_uses_it():
+    # 32 px with num_fp16_res=2: blocks at 16 and 32 px in bf16; 4 and 8 px, the mapping, the RGB skip path
+    # and D's epilogue in fp32
+    e = make(32, num_fp16_res=2)
+    assert e.G.synthesis.fp16_resolution == e.D.fp16_resolution == 16
+    seen, ups, img_dtype, logit_dtype = _dtypes_under_bf16(e, torch.randn(4, 16))
+    assert all(seen[f"mapping.{i}"] == torch.float32 for i in range(len(e.G.mapping.net)))
+    assert seen["G.conv.4"] == seen["G.conv.8"] == torch.float32
+    assert seen["G.conv.16"] == seen["G.conv.32"] == torch.bfloat16
+    assert ups and all(d == torch.float32 for d in ups) and img_dtype == torch.float32
+    assert seen["D.from_rgb"] == seen["D.block.32"] == seen["D.block.16"] == torch.bfloat16
+    assert seen["D.block.8"] == torch.float32
+    assert all(seen[f"D.{k}"] == torch.float32 for k in ("mbstd", "conv", "fc", "out"))
+    assert logit_dtype == torch.float32
+    # the default: the top 4 resolutions (R/8 and up), as the reference's num_fp16_res=4
+    assert make(16, training=False).G_ema.synthesis.fp16_resolution == 8
+    from engines.generate.stylegan2_ada import fp16_resolution
+    assert fp16_resolution(128, 4) == 16 and fp16_resolution(256, 4) == 32 and fp16_resolution(32, 0) == 64
+
+
+def test_penalties_and_their_backward_run_without_tf32(monkeypatch):
+    e = make(16, r1_interval=1, pl_interval=1)
+    seen = []
+    for name in ("r1_penalty", "pl_penalty"):
+        real = getattr(e, name)
+
+        def wrapped(*a, _real=real, _name=name, **k):
+            seen.append((_name, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return _real(*a, **k)
+        monkeypatch.setattr(e, name, wrapped)
+    optimize = e.optimize
+
+    def opt(name, loss):
+        seen.append((name, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        optimize(name, loss)
+    monkeypatch.setattr(e, "optimize", opt)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        e.train_step(real_batch(8))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    # G main (TF32 as the user set it), PL and its step without, D main with, R1 and its step without
+    assert seen == [("G", True, True), ("pl_penalty", False, False), ("G", False, False),
+                    ("D", True, True), ("r1_penalty", False, False), ("D", False, False)]
+
+
+def test_ema_half_life_follows_the_batch_with_ramp_up():
+    e = make(16)
+    assert e.config["ema_kimg"] is None and e.ema_kimg(64) == 20.0 and e.ema_kimg(32) == 10.0
+    assert e.ema_beta(8) == 0.0  # the first step copies G (no images seen yet)
+    e._nimg = 10_000  # ramp-up: half-life min(2.5 kimg, 0.05 x 10k images = 500 images)
+    assert e.ema_beta(8) == pytest.approx(0.5 ** (8 / 500))
+    e._nimg = 10 ** 7
+    assert e.ema_beta(8) == pytest.approx(0.5 ** (8 / 2500))
+    f = make(16, ema_kimg=2, ema_rampup=None)  # explicit values keep working
+    assert f.ema_kimg(64) == 2.0 and f.ema_beta(8) == pytest.approx(0.5 ** (8 / 2000))
+    with pytest.raises(ValueError, match="ema_kimg"):
+        make(16, ema_kimg=-1)
+    # one training step from scratch: G_ema is G after its first step
+    g = make(16, augment=None)
+    g.train_step(real_batch(8))
+    assert all(torch.equal(a, b) for a, b in zip(g.G_ema.parameters(), g.G.parameters()))
+    assert int(g.nimg) == 8
+
+
+def test_metric_samples_use_seeded_random_noise():
+    from engines.base import metrics_sampling
+    from engines.generate.stylegan2_ada import noise_seed
+    from engines.metrics.evaluate import _batch_seed, _generated
+    from engines.metrics.inception import as_uint8_rgb
+
+    e = make(16, training=False)
+    with torch.no_grad():
+        for m in e.G_ema.modules():
+            if hasattr(m, "noise_strength"):
+                m.noise_strength.fill_(0.5)  # trained nets have non-zero noise strengths
+    const = e.sample(n=4, seed=3)
+    with metrics_sampling():
+        torch.manual_seed(1)
+        a = e.sample(n=4, seed=3)
+        torch.manual_seed(2)
+        b = e.sample(n=4, seed=3)  # the noise comes from the seed, not from the global RNG
+        assert torch.equal(e.sample(n=4, seed=3, noise_mode="const"), const)  # explicit arguments win
+    assert torch.equal(a, b) and not torch.equal(a, const)
+    with torch.inference_mode():
+        g = torch.Generator().manual_seed(noise_seed(3))
+        expect = e.generate(e.latent(4, 3), noise_mode="random", noise_generator=g).clamp(-1, 1)
+    assert torch.equal(a, expect)
+    assert torch.equal(e.sample(n=4, seed=3), const)  # outside metrics: grids and the app keep 'const'
+    # the path the trainer's evaluation and `pokelab eval` take
+    batch = next(_generated(lambda k, s: e.sample(n=k, seed=s), 4, 4, seed=11))
+    with metrics_sampling():
+        assert torch.equal(batch, as_uint8_rgb(e.sample(n=4, seed=_batch_seed(11, 0))))
+    assert not torch.equal(batch, as_uint8_rgb(e.sample(n=4, seed=_batch_seed(11, 0))))

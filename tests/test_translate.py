@@ -14,7 +14,7 @@ from engines.export import load_export, save_export
 from engines.registry import get_engine
 from engines.runs import checkpoint_path, list_samples, read_info, read_metrics
 from engines.trainer import Trainer
-from engines.translate.base import ImagePool, TranslationEngine, random_hflip
+from engines.translate.base import ImagePool, TranslationEngine, crop_margin, random_hflip, random_resized_crop
 from engines.translate.cyclegan import PatchDiscriminator, ResnetGenerator
 from helpers import Killed, kill_at_step
 
@@ -98,6 +98,42 @@ def test_random_hflip_flips_about_half_and_only_mirrors():
     assert bool((flipped | same).all()) and 60 < int(flipped.sum()) < 140
 
 
+def test_resize_and_random_crop_as_the_references():
+    assert crop_margin(256) == 30 and crop_margin(128) == 15 and crop_margin(64) == 8 and crop_margin(32) == 4
+    for name in ("cyclegan", "ugatit", "cartoongan"):
+        c = get_engine(name).default_config()
+        assert c["resize_crop"] is True and c["flip"] is True, name
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, generator=g).repeat(64, 1, 1, 1) * 2 - 1
+    torch.manual_seed(1)
+    y = random_resized_crop(x)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    big = torch.nn.functional.interpolate(x[:1], size=(36, 36), mode="bicubic", align_corners=False).clamp(-1, 1)
+    offsets = []
+    for a in y:  # every output is one 32 x 32 window of the enlarged picture
+        hit = [(i, j) for i in range(5) for j in range(5) if torch.equal(a, big[0, :, i:i + 32, j:j + 32])]
+        assert len(hit) == 1
+        offsets.append(hit[0])
+    assert len(set(offsets)) > 10  # one draw per picture
+    torch.manual_seed(1)
+    assert torch.equal(random_resized_crop(x), y)  # the draws come from the global RNG (checkpointed)
+
+
+def test_prepare_batch_augments_both_domains_independently():
+    e = get_engine("cyclegan")(TINY, 32).setup(torch.device("cpu"))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    a, b = e.prepare_batch((x, x.clone()))
+    assert a.shape == b.shape == x.shape and not torch.equal(a, b)
+    assert not any(torch.equal(a[i], x[i]) or torch.equal(a[i], x[i].flip(-1)) for i in range(4))  # not only flips
+    torch.manual_seed(0)
+    a2, b2 = e.prepare_batch((x, x.clone()))
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+    off = get_engine("cyclegan")({**TINY, "resize_crop": False, "flip": False}, 32).setup(torch.device("cpu"))
+    a, b = off.prepare_batch((x, x))
+    assert a is x and b is x
+
+
 def test_lr_is_constant_then_decays_linearly():
     e = get_engine("cyclegan")(TINY, 32)
     f = [e.lr_factor(ep, 200) for ep in range(1, 201)]
@@ -125,7 +161,8 @@ def test_cyclegan_step_logs_per_direction_losses():
 
 def test_cycle_loss_falls_on_a_tiny_overfit_set():
     torch.manual_seed(0)
-    e = get_engine("cyclegan")({"ngf": 8, "ndf": 8, "n_blocks": 2, "flip": False}, 32).setup(torch.device("cpu"))
+    fixed = {"flip": False, "resize_crop": False}  # overfit the same pictures
+    e = get_engine("cyclegan")({"ngf": 8, "ndf": 8, "n_blocks": 2, **fixed}, 32).setup(torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
     # smooth pictures (bilinear blow-ups of 4x4 noise): something a tiny generator can learn to invert
     a, b = (torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4, generator=g) * 2 - 1, size=32, mode="bilinear")

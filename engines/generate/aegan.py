@@ -20,7 +20,6 @@ z_dim-wide (2 x z_dim when variational) head; Dz is a small densely connected ML
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from numbers import Real
 
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Engine, init_dcgan_weights
+from ..base import Engine, frozen, init_dcgan_weights
 from ..registry import register
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 
@@ -77,19 +76,6 @@ class LatentDiscriminator(nn.Module):
         for block in self.blocks:
             h = torch.cat([h, block(h)], dim=1)
         return self.out(h).flatten()
-
-
-@contextlib.contextmanager
-def _frozen(*modules: nn.Module):
-    """No weight gradients for these modules inside the block (the G/E step does not step them)."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def _kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -229,7 +215,7 @@ class AEGAN(Engine):
         self.augment_feedback(dx_real)  # ADA's feedback; DiffAugment ignores it
 
         # ---- generator + encoder, discriminators frozen ----
-        with _frozen(self.Dx, self.Dz):
+        with frozen(self.Dx, self.Dz):  # no weight gradients for them in the G/E step
             with self.autocast():
                 gx_fake = self.Dx(self.augment_images(fake)).float()
                 gx_recon = self.Dx(self.augment_images(recon)).float()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Engine, init_dcgan_weights, n_upsamplings
+from ..base import Engine, frozen, init_dcgan_weights, n_upsamplings
 from ..registry import register
 
 
@@ -115,9 +115,10 @@ class DCGAN(Engine):
             loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # BCE(real=1) + BCE(fake=0)
         self.optimize("D", loss_d)
         self.augment_feedback(d_real)
-        with self.autocast():
-            loss_g = F.softplus(-self.D(self.augment_images(fake)).float()).mean()  # non-saturating
-        self.optimize("G", loss_g)
+        with frozen(self.D):  # no weight gradients for D in G's step (frozen feature nets stay frozen)
+            with self.autocast():
+                loss_g = F.softplus(-self.D(self.augment_images(fake)).float()).mean()  # non-saturating
+            self.optimize("G", loss_g)
         return {
             "loss/D": loss_d.detach(), "loss/G": loss_g.detach(),
             "acc/D_real": (d_real > 0).float().mean(), "acc/D_fake": (d_fake < 0).float().mean(),

@@ -26,11 +26,16 @@ Training (``train_step``), in the reference's phase order Gmain, Greg, Dmain, Dr
   Dreg   every ``r1_interval`` (16) D steps: R1 = gamma/2 * |grad_x D(aug(x))|^2 on reals, x interval;
          gamma "auto" = 0.0002 * res^2 / batch (the reference's auto config)
   Adam with the lazy-regularisation correction: lr * c and betas ** c, c = interval / (interval + 1).
-  G_ema: half-life ``ema_kimg`` thousand images (optional ramp-up), used for every sample and export.
+  G_ema: half-life ``ema_kimg`` thousand images (default batch * 10 / 32) with ramp-up 0.05, used for every
+  sample and export.
+Precision (under the trainer's autocast), as the reference's num_fp16_res=4: only the top 4 resolutions of G
+and D run in reduced precision; the mapping network, lower resolutions, the RGB skip path, D's epilogue and
+the regularisers (with TF32 off) run in fp32. FID/KID samples use random noise, as the reference's metrics.
 See docs/stylegan2_ada.md for the departures from the reference and how to size it for CPU or GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Any
@@ -39,15 +44,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Engine, ema_update, lerp, n_upsamplings, slerp
+from ..base import Engine, ema_update, lerp, n_upsamplings, no_tf32, slerp
 from ..registry import register
 
 SQRT2 = math.sqrt(2.0)
 
 
+def noise_seed(seed: int) -> int:
+    """The seed of a sample's noise generator: derived from, but not equal to, the latent seed (z comes from a
+    CPU generator seeded with ``seed``; the noise must not replay the same stream)."""
+    return (int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (2 ** 63)
+
+
 def _fp32(x: torch.Tensor):
-    """A region where autocast is off (demodulation and the minibatch std are computed in fp32)."""
+    """A region where autocast is off (the mapping network, demodulation, the low-resolution blocks, the RGB
+    skip path and D's epilogue are computed in fp32)."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+def _precision(x: torch.Tensor, reduced: bool):
+    """The autocast state of one block: as the caller set it where ``reduced``, else fp32."""
+    return contextlib.nullcontext() if reduced else _fp32(x)
+
+
+def fp16_resolution(image_size: int, num_fp16_res: int) -> int:
+    """Lowest resolution whose blocks may run in reduced precision: the top ``num_fp16_res`` resolutions, never
+    below 8 (the reference's rule; with the default 4: R/8, e.g. 16 px at 128 px)."""
+    return max(2 ** (int(math.log2(image_size)) + 1 - int(num_fp16_res)), 8)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -153,10 +176,12 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 update_w_avg: bool = False) -> torch.Tensor:
-        """z [N, z_dim] -> ws [N, num_ws, w_dim]."""
-        z = _wide(z)
-        z = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()  # normalise the 2nd moment
-        w = _wide(self.net(z))
+        """z [N, z_dim] -> ws [N, num_ws, w_dim], always in fp32 (the reference keeps the mapping out of fp16:
+        its lr multiplier of 0.01 makes the weights' updates tiny and its output feeds every layer)."""
+        with _fp32(z):
+            z = _wide(z)
+            z = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()  # normalise the 2nd moment
+            w = _wide(self.net(z))
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
@@ -234,11 +259,15 @@ class SynthesisLayer(nn.Module):
         self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
-                fused: bool = False) -> torch.Tensor:
+                fused: bool = False, noise_generator: torch.Generator | None = None) -> torch.Tensor:
         x = self.conv(x, w, fused=fused)
         if noise_mode == "random":
-            x = x + torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device,
-                                dtype=x.dtype) * self.noise_strength.to(x.dtype)
+            shape = (x.shape[0], 1, self.resolution, self.resolution)
+            if noise_generator is None:  # training: the global RNG (checkpointed by the trainer)
+                noise = torch.randn(shape, device=x.device, dtype=x.dtype)
+            else:  # seeded sampling: a private CPU generator, the same noise on every device
+                noise = torch.randn(shape, generator=noise_generator).to(x.device, x.dtype)
+            x = x + noise * self.noise_strength.to(x.dtype)
         elif noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
         x = x + self.bias.to(x.dtype).view(1, -1, 1, 1)
@@ -265,10 +294,11 @@ class SynthesisNetwork(nn.Module):
     """ws [N, num_ws, w_dim] -> images [N, 3, R, R] (about [-1, 1]); "skip" architecture."""
 
     def __init__(self, w_dim: int, image_size: int, channel_base: int, channel_max: int, channels: int = 3,
-                 conv_clamp: float | None = 256):
+                 conv_clamp: float | None = 256, num_fp16_res: int = 4):
         super().__init__()
         k = n_upsamplings(image_size)
         self.resolutions = [4 * 2 ** i for i in range(k + 1)]
+        self.fp16_resolution = fp16_resolution(image_size, num_fp16_res)
         ch = {r: channels_at(r, channel_base, channel_max) for r in self.resolutions}
         self.const = nn.Parameter(torch.randn(ch[4], 4, 4))
         self.convs0 = nn.ModuleList()  # the up-convs of resolutions 8..R
@@ -284,7 +314,10 @@ class SynthesisNetwork(nn.Module):
         # previous torgb's index (as in the reference): 2 * log2(R) - 2 in all
         self.num_ws = 2 * (k + 1)
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random", fused: bool = False) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", fused: bool = False,
+                noise_generator: torch.Generator | None = None) -> torch.Tensor:
+        """Under autocast only the blocks from ``fp16_resolution`` up run in reduced precision (the reference's
+        num_fp16_res); lower resolutions and the RGB skip path (upsampling and sums) stay in fp32."""
         if noise_mode not in ("random", "const", "none"):
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
         if ws.dim() != 3 or ws.shape[1] != self.num_ws:
@@ -294,20 +327,26 @@ class SynthesisNetwork(nn.Module):
         img = None
         for i, r in enumerate(self.resolutions):
             base = 2 * i - 1  # index of this block's first w (the 4x4 block has no conv0)
-            if r > 4:
-                x = self.convs0[i - 1](x, ws[:, base], noise_mode, fused)
-            x = self.convs1[i](x, ws[:, base + 1], noise_mode, fused)
-            y = _wide(self.torgbs[i](x, ws[:, base + 2], fused))  # the image path stays in fp32
-            img = y if img is None else self.fir.up(img) + y
+            reduced = r >= self.fp16_resolution
+            with _precision(x, reduced):
+                if not reduced:
+                    x = _wide(x)
+                if r > 4:
+                    x = self.convs0[i - 1](x, ws[:, base], noise_mode, fused, noise_generator)
+                x = self.convs1[i](x, ws[:, base + 1], noise_mode, fused, noise_generator)
+                y = _wide(self.torgbs[i](x, ws[:, base + 2], fused))
+            with _fp32(y):  # the image path stays in fp32
+                img = y if img is None else self.fir.up(img) + y
         return img
 
 
 class Generator(nn.Module):
     def __init__(self, z_dim: int, w_dim: int, image_size: int, channel_base: int, channel_max: int,
                  mapping_layers: int = 8, mapping_lr_mul: float = 0.01, w_avg_beta: float = 0.995,
-                 conv_clamp: float | None = 256, channels: int = 3):
+                 conv_clamp: float | None = 256, channels: int = 3, num_fp16_res: int = 4):
         super().__init__()
-        self.synthesis = SynthesisNetwork(w_dim, image_size, channel_base, channel_max, channels, conv_clamp)
+        self.synthesis = SynthesisNetwork(w_dim, image_size, channel_base, channel_max, channels, conv_clamp,
+                                          num_fp16_res)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_mul, w_avg_beta)
 
@@ -351,10 +390,14 @@ class DiscriminatorBlock(nn.Module):
 
 class Discriminator(nn.Module):
     def __init__(self, image_size: int, channel_base: int, channel_max: int, channels: int = 3,
-                 mbstd_group: int = 4, mbstd_channels: int = 1, conv_clamp: float | None = 256):
+                 mbstd_group: int = 4, mbstd_channels: int = 1, conv_clamp: float | None = 256,
+                 num_fp16_res: int = 4):
         super().__init__()
         k = n_upsamplings(image_size)
         res = [image_size // 2 ** i for i in range(k + 1)]  # R ... 4
+        self.image_size = image_size
+        self.block_resolutions = res[:-1]
+        self.fp16_resolution = fp16_resolution(image_size, num_fp16_res)
         ch = {r: channels_at(r, channel_base, channel_max) for r in res}
         self.from_rgb = EqualConv2d(channels, ch[image_size], 1, clamp=conv_clamp)
         self.blocks = nn.Sequential(*[DiscriminatorBlock(ch[r], ch[r // 2], conv_clamp) for r in res[:-1]])
@@ -367,9 +410,17 @@ class Discriminator(nn.Module):
         self.out = EqualLinear(c4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.from_rgb(x))
-        x = self.conv(self.mbstd(x))
-        return self.out(self.fc(x.flatten(1))).flatten()
+        """Logits in fp32. Under autocast the blocks from ``fp16_resolution`` up (and fromRGB) run in reduced
+        precision; the lower blocks and the epilogue (minibatch std, 4x4 conv, FC layers) in fp32."""
+        with _precision(x, self.image_size >= self.fp16_resolution):
+            x = self.from_rgb(x if self.image_size >= self.fp16_resolution else _wide(x))
+        for r, block in zip(self.block_resolutions, self.blocks):
+            reduced = r >= self.fp16_resolution
+            with _precision(x, reduced):
+                x = block(x if reduced else _wide(x))
+        with _fp32(x):
+            x = self.conv(self.mbstd(_wide(x)))
+            return self.out(self.fc(x.flatten(1))).flatten()
 
 
 # ---- the engine ------------------------------------------------------------------------------------------
@@ -381,7 +432,9 @@ class StyleGAN2ADA(Engine):
         "StyleGAN2 (config-F-like, ADA 'auto' widths) with ADA: Adam lr 0.0025, betas (0, 0.99) from the paper, "
         "not the protocol's 2e-4 (with equalised learning rate the protocol's lr is ~12x slower per step; see "
         "docs/stylegan2_ada.md); lazy R1 every 16 D steps with gamma 0.0002*res^2/batch, path-length every 4 G "
-        "steps, G EMA half-life 10 kimg, style mixing 0.9; ADA target 0.6 (engines.augment.ada)"
+        "steps, G EMA half-life batch*10/32 kimg with ramp-up 0.05 (the reference's auto config), style mixing "
+        "0.9; reduced precision only in the top 4 resolutions; ADA target 0.6 with the 'bgc' pipe "
+        "(engines.augment.ada)"
     )
 
     @classmethod
@@ -394,8 +447,13 @@ class StyleGAN2ADA(Engine):
             "style_mixing_prob": 0.9,
             "r1_gamma": "auto", "r1_interval": 16,
             "pl_weight": 2.0, "pl_interval": 4, "pl_decay": 0.01, "pl_batch_shrink": 2,
-            "ema_kimg": 10.0, "ema_rampup": None,
+            # EMA half-life in thousands of images; null: batch * 10 / 32 (the reference's auto config), from the
+            # batch of each step. ema_rampup: the half-life is at most ema_rampup x images seen (null: off)
+            "ema_kimg": None, "ema_rampup": 0.05,
             "fused_modconv": False,
+            # reduced precision (under the trainer's autocast) only for the top num_fp16_res resolutions of G
+            # and D, as the reference; the rest, the mapping network and D's epilogue run in fp32
+            "num_fp16_res": 4,
         }
 
     def __init__(self, config=None, image_size: int = 128, *, training: bool = True):
@@ -404,7 +462,8 @@ class StyleGAN2ADA(Engine):
         gkw = dict(z_dim=int(c["z_dim"]), w_dim=int(c["w_dim"]), image_size=self.image_size,
                    channel_base=int(c["channel_base"]), channel_max=int(c["channel_max"]),
                    mapping_layers=int(c["mapping_layers"]), mapping_lr_mul=float(c["mapping_lr_mul"]),
-                   w_avg_beta=float(c["w_avg_beta"]), conv_clamp=c["conv_clamp"])
+                   w_avg_beta=float(c["w_avg_beta"]), conv_clamp=c["conv_clamp"],
+                   num_fp16_res=int(c["num_fp16_res"]))
         G = Generator(**gkw)
         self.num_ws = G.num_ws
         if training:
@@ -412,7 +471,7 @@ class StyleGAN2ADA(Engine):
             self.G_ema = copy.deepcopy(G).requires_grad_(False)
             self.D = Discriminator(self.image_size, int(c["channel_base"]), int(c["channel_max"]),
                                    mbstd_group=int(c["mbstd_group"]), mbstd_channels=int(c["mbstd_channels"]),
-                                   conv_clamp=c["conv_clamp"])
+                                   conv_clamp=c["conv_clamp"], num_fp16_res=int(c["num_fp16_res"]))
             # lazy regularisation: the main and the regularisation steps share one Adam whose lr and betas
             # are corrected for the regularisation steps it also takes (c = interval / (interval + 1))
             self.optimizers = {
@@ -456,8 +515,11 @@ class StyleGAN2ADA(Engine):
             raise ValueError(f"r1_gamma must be 'auto' or a number >= 0, got {c['r1_gamma']!r}")
         if not 0 <= float(c["style_mixing_prob"]) <= 1:
             raise ValueError("style_mixing_prob must be in [0, 1]")
-        if float(c["ema_kimg"]) < 0 or (c["ema_rampup"] is not None and float(c["ema_rampup"]) <= 0):
-            raise ValueError("ema_kimg must be >= 0 and ema_rampup null or > 0")
+        if (c["ema_kimg"] is not None and float(c["ema_kimg"]) < 0) or \
+                (c["ema_rampup"] is not None and float(c["ema_rampup"]) <= 0):
+            raise ValueError("ema_kimg must be null (batch * 10 / 32) or >= 0, and ema_rampup null or > 0")
+        if int(c["num_fp16_res"]) < 0:
+            raise ValueError("num_fp16_res must be >= 0 (0: every layer in fp32 even under mixed precision)")
         if c["conv_clamp"] is not None and float(c["conv_clamp"]) <= 0:
             raise ValueError("conv_clamp must be null or > 0")
         if len(c["betas"]) != 2:
@@ -476,15 +538,40 @@ class StyleGAN2ADA(Engine):
             g["eps"] = float(self.config["eps"])
         return opt
 
+    def ema_kimg(self, batch_size: int) -> float:
+        """G EMA half-life in thousands of images: the setting, or batch * 10 / 32 when it is null (the
+        reference's auto config: 10 kimg at its batch of 32)."""
+        k = self.config["ema_kimg"]
+        return batch_size * 10 / 32 if k is None else float(k)
+
+    def ema_beta(self, batch_size: int) -> float:
+        """This step's EMA decay, from the images seen before it (as the reference: the first step copies G)."""
+        ema_nimg = self.ema_kimg(batch_size) * 1000
+        if self.config["ema_rampup"] is not None:
+            ema_nimg = min(ema_nimg, self._nimg * float(self.config["ema_rampup"]))
+        return 0.5 ** (batch_size / max(ema_nimg, 1e-8)) if ema_nimg > 0 else 0.0
+
     def r1_gamma(self, batch_size: int) -> float:
         g = self.config["r1_gamma"]
         return 0.0002 * self.image_size ** 2 / batch_size if g == "auto" else float(g)
 
     # ---- sampling -------------------------------------------------------------------------------------
+    #: FID/KID as the reference measures them: fresh per-sample noise (its metrics call G with the default
+    #: noise_mode='random'); grids, the app and exports keep 'const', so an image depends on its seed alone
+    metrics_sample_kwargs = {"noise_mode": "random"}
+
+    def sample_kwargs(self, seed, gen_kwargs):
+        """Seeded sampling with random noise draws the noise from a private generator seeded from ``seed``, so
+        the trainer's evaluation and ``pokelab eval`` see the same images (not the training RNG's state)."""
+        kw = super().sample_kwargs(seed, gen_kwargs)
+        if kw.get("noise_mode") == "random" and seed is not None and kw.get("noise_generator") is None:
+            kw["noise_generator"] = torch.Generator().manual_seed(noise_seed(seed))
+        return kw
+
     def generate(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                 noise_mode: str = "const") -> torch.Tensor:
+                 noise_mode: str = "const", noise_generator: torch.Generator | None = None) -> torch.Tensor:
         ws = self.mapping(z, truncation_psi, truncation_cutoff)
-        return self.synthesis(ws, noise_mode)
+        return self.synthesis(ws, noise_mode, noise_generator)
 
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None) -> torch.Tensor:
@@ -495,7 +582,8 @@ class StyleGAN2ADA(Engine):
             raise ValueError(f"truncation_cutoff must be in [0, {self.num_ws}], got {truncation_cutoff}")
         return self.G_ema.mapping(z.to(self.device), float(truncation_psi), truncation_cutoff)
 
-    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const",
+                  noise_generator: torch.Generator | None = None) -> torch.Tensor:
         """ws [N, num_ws, w_dim] (or [N, w_dim], broadcast) -> images (about [-1, 1]) with G_ema."""
         w_dim = int(self.config["w_dim"])
         if ws.dim() == 2 and ws.shape[1] == w_dim:
@@ -503,7 +591,8 @@ class StyleGAN2ADA(Engine):
         if ws.dim() != 3 or ws.shape[1:] != (self.num_ws, w_dim):
             raise ValueError(f"ws must be [N, {self.num_ws}, {w_dim}] or [N, {w_dim}], got {list(ws.shape)}")
         # fp32 whatever the training precision: an export (no amp) must reproduce these samples exactly
-        return self.G_ema.synthesis(ws.to(self.device), noise_mode, fused=bool(self.config["fused_modconv"]))
+        return self.G_ema.synthesis(ws.to(self.device), noise_mode, fused=bool(self.config["fused_modconv"]),
+                                    noise_generator=noise_generator)
 
     @torch.inference_mode()
     def interpolate(self, seed_a: int, seed_b: int, frames: int = 24, mode: str = "lerp",
@@ -605,12 +694,13 @@ class StyleGAN2ADA(Engine):
             loss_g = F.softplus(-g_logits).mean()
         self.optimize("G", loss_g)
 
-        # -- Greg: lazy path-length regularisation (fp32: second-order gradients)
+        # -- Greg: lazy path-length regularisation (fp32, TF32 off: second-order gradients)
         pl_interval = int(c["pl_interval"])
         if float(c["pl_weight"]) > 0 and self._g_steps % pl_interval == 0:
-            penalty, lengths = self.pl_penalty(max(1, n // int(c["pl_batch_shrink"])))
-            loss_pl = penalty.mean() * float(c["pl_weight"])
-            self.optimize("G", loss_pl * pl_interval)
+            with no_tf32():
+                penalty, lengths = self.pl_penalty(max(1, n // int(c["pl_batch_shrink"])))
+                loss_pl = penalty.mean() * float(c["pl_weight"])
+                self.optimize("G", loss_pl * pl_interval)
             self.last_pl.copy_(loss_pl.detach())
             self.last_pl_length.copy_(lengths.mean().detach())
         self.g_steps += 1
@@ -630,25 +720,23 @@ class StyleGAN2ADA(Engine):
         if self.augment is not None and hasattr(self.augment, "update"):
             self.augment.update(d_real.detach())
 
-        # -- Dreg: lazy R1 on reals
+        # -- Dreg: lazy R1 on reals (fp32, TF32 off)
         r1_interval = int(c["r1_interval"])
         gamma = self.r1_gamma(n)
         if gamma > 0 and self._d_steps % r1_interval == 0:
-            loss_r1 = self.r1_penalty(real).mean() * (gamma / 2)
-            self.optimize("D", loss_r1 * r1_interval)
+            with no_tf32():
+                loss_r1 = self.r1_penalty(real).mean() * (gamma / 2)
+                self.optimize("D", loss_r1 * r1_interval)
             self.last_r1.copy_(loss_r1.detach())
         self.d_steps += 1
         self._d_steps += 1
         G.requires_grad_(True)
 
-        # -- G_ema: half-life ema_kimg thousand images (optionally ramped up over the first images)
+        # -- G_ema: half-life ema_kimg thousand images, ramped up over the first images
+        beta = self.ema_beta(n)
+        ema_update(self.G_ema, self.G, beta)
         self.nimg += n
         self._nimg += n
-        ema_nimg = float(c["ema_kimg"]) * 1000
-        if c["ema_rampup"] is not None:
-            ema_nimg = min(ema_nimg, self._nimg * float(c["ema_rampup"]))
-        beta = 0.5 ** (n / max(ema_nimg, 1e-8)) if ema_nimg > 0 else 0.0
-        ema_update(self.G_ema, self.G, beta)
 
         return {
             "loss/D": loss_d.detach(), "loss/G": loss_g.detach(),

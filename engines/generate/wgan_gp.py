@@ -10,13 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import Engine
+from ..base import Engine, frozen, no_tf32
 from ..registry import register
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates; computed in fp32 for stability."""
+    """E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates; computed in fp32 for stability (the caller
+    turns TF32 off around it and its backward: engines.base.no_tf32)."""
     alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device)
     x_hat = (alpha * real.float() + (1 - alpha) * fake.float()).requires_grad_(True)
     out = critic(x_hat)
@@ -44,6 +45,18 @@ class WGANGP(Engine):
             # critic-step counter and last G loss live in buffers so they are saved with the checkpoint
             self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
             self.register_buffer("last_loss_g", torch.zeros(()))
+            self._counters_from_buffers()
+
+    def _counters_from_buffers(self) -> None:
+        # a Python mirror of critic_steps decides when G steps, so a step never waits on the GPU for the
+        # counter; the buffer (saved in checkpoints) stays the truth and is read back on load
+        self._critic_steps = int(self.critic_steps)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.training_mode:
+            self._counters_from_buffers()
+        return result
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         return self.G(z)
@@ -57,17 +70,20 @@ class WGANGP(Engine):
         with self.autocast():
             s_real = self.D(real_a).float()
             s_fake = self.D(fake_a).float()
-        gp = gradient_penalty(self.D, real_a, fake_a)
         wdist = s_real.mean() - s_fake.mean()
-        loss_d = -wdist + c["gp_lambda"] * gp
-        self.optimize("D", loss_d)
+        with no_tf32():  # the penalty's second-order gradients (and this backward) in full fp32
+            gp = gradient_penalty(self.D, real_a, fake_a)
+            loss_d = -wdist + c["gp_lambda"] * gp
+            self.optimize("D", loss_d)
         self.critic_steps += 1
+        self._critic_steps += 1
 
-        if int(self.critic_steps) % int(c["n_critic"]) == 0:
+        if self._critic_steps % int(c["n_critic"]) == 0:
             z = torch.randn(real.size(0), self.z_dim, device=real.device)
-            with self.autocast():
-                loss_g = -self.D(self.augment_images(self.G(z))).float().mean()
-            self.optimize("G", loss_g)
+            with frozen(self.D):  # no weight gradients for the critic in G's step
+                with self.autocast():
+                    loss_g = -self.D(self.augment_images(self.G(z))).float().mean()
+                self.optimize("G", loss_g)
             self.last_loss_g.copy_(loss_g.detach())
 
         # A critic has no 0.5 threshold: call a score "real" above the midpoint of the batch's mean

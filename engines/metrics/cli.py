@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 DEFAULT_METRICS = "fid,kid,ms_ssim"
+#: the trainer evaluates with seed cfg.seed + EVAL_SEED_OFFSET (engines.trainer.Trainer.evaluate)
+EVAL_SEED_OFFSET = 1_000_000
 TRANSLATION_DEFAULT = "fid,kid,lpips,cycle,lpips_target"
 
 
@@ -23,7 +25,9 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
                     "prepared dataset. A translation run/export translates its source pictures (--source) and "
                     "reports FID/KID of the outputs against REAL, LPIPS input-to-output, the cycle error and, "
                     "where the two sets share file names, LPIPS against the true target. Real-image statistics "
-                    "are cached (POKELAB_CACHE, default ~/.cache/pokelab).")
+                    "are cached (POKELAB_CACHE, default ~/.cache/pokelab). On a run it measures what the trainer "
+                    "measured: the data prepared as recorded (background, background removal), the trainer's "
+                    "evaluation seed, the run's final export; --n (default 2000) may differ from the run's eval_n.")
     p.add_argument("target", help="run folder, export folder or image folder")
     p.add_argument("--against", metavar="REAL",
                    help="real images: folder, zip/tar or prepared dataset (default for a run/export: the set it "
@@ -37,10 +41,14 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
                    help="images to generate for a run/export, or source pictures to translate at most "
                         "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=50, help="images per network batch (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling / subset seed (default: %(default)s)")
-    p.add_argument("--background", default="white",
-                   help="background for transparent real images prepared on the fly (default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when there is one, else the CPU), cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling / subset seed (default: for a run the trainer's evaluation seed, its seed + "
+                        f"{EVAL_SEED_OFFSET}; else 0)")
+    p.add_argument("--background", default=None,
+                   help="background for transparent images prepared on the fly (default: what the run or export "
+                        "recorded for its data, else white)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     p.add_argument("--log", action="store_true",
@@ -52,10 +60,11 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
 
 
 def _device(name: str):
+    """``auto``: the GPU when there is one (where a run is normally trained and evaluated), else the CPU."""
     import torch
 
     if name in (None, "", "auto"):
-        return None
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(name)
     except RuntimeError as e:
@@ -83,6 +92,78 @@ def _recorded(cfg: dict, key: str, what: str) -> Path:
         raise FileNotFoundError(f"the recorded {what} {src} is gone; give it with "
                                 f"{'--against' if key == 'dataset' else '--source'}")
     return Path(src)
+
+
+def _removal_options(rec: dict | None) -> dict:
+    """load_dataset options that redo a recorded background removal (rembg), as the trainer's resume does."""
+    if not rec:
+        return {}
+    opts: dict = {"remove_background": True}
+    if rec.get("model_path"):
+        opts["rembg_model_path"] = rec["model_path"]
+    elif rec.get("model"):
+        opts["rembg_model"] = rec["model"]
+    return opts
+
+
+def _training_facts(target: Path, export_cfg: dict | None) -> dict:
+    """What the trainer's evaluation used, from run.json (a run) or the export's training facts: the dataset
+    records (the target set last), the evaluation seed, the device and precision, the export's epoch."""
+    from ..runs import is_run_dir, read_info
+
+    trained = (export_cfg or {}).get("trained") or {}
+    facts: dict = {"datasets": [r for r in (trained.get("source_dataset"), trained.get("dataset")) if r],
+                   "seed": None, "device": trained.get("device"), "amp": None,
+                   "export_epoch": trained.get("epochs"), "export_step": trained.get("steps")}
+    if is_run_dir(target):
+        info = read_info(target)
+        rec = info.get("dataset")
+        if rec:
+            facts["datasets"] = rec if isinstance(rec, list) else [rec]
+        cfg = info.get("config") or {}
+        if cfg.get("seed") is not None:
+            facts["seed"] = int(cfg["seed"]) + EVAL_SEED_OFFSET
+        facts["device"] = info.get("device") or facts["device"]
+        facts["amp"] = info.get("amp")
+        facts["run_epoch"], facts["run_step"] = info.get("epoch"), info.get("step")
+    return facts
+
+
+def _prepare_options(rec: dict | None, args, recorded: bool) -> dict:
+    """load_dataset options for one set: the background asked for, else the recorded one; and the recorded
+    background removal when the set is the recorded one (not a set given on the command line)."""
+    rec = rec or {}
+    opts = {"background": args.background or rec.get("background") or "white"}
+    if recorded:
+        opts.update(_removal_options(rec.get("background_removal")))
+    return opts
+
+
+def _device_type(name) -> str:
+    """'cuda:0 (NVIDIA H200)' -> 'cuda'."""
+    return str(name or "").split(" ")[0].split(":")[0]
+
+
+def _match_training_precision(engine, facts: dict, device) -> None:
+    """Translation engines translate under the run's autocast in the trainer's evaluation: the same precision
+    here when this is the run's kind of device. Generators sample in fp32 either way."""
+    import torch
+
+    amp = facts.get("amp")
+    if amp and _device_type(facts.get("device")) == device.type and isinstance(getattr(torch, str(amp), None),
+                                                                              torch.dtype):
+        engine.amp_dtype = getattr(torch, str(amp))
+
+
+def _warn_on_differences(facts: dict, device) -> None:
+    trained_on = facts.get("device")
+    if trained_on and _device_type(trained_on) != device.type:
+        warnings.warn(f"the run was trained and evaluated on {trained_on}; this evaluation runs on {device}, so "
+                      "expect differences in the last digits", RuntimeWarning, stacklevel=2)
+    run_epoch, export_epoch = facts.get("run_epoch"), facts.get("export_epoch")
+    if run_epoch is not None and export_epoch is not None and int(export_epoch) != int(run_epoch):
+        warnings.warn(f"the run's export is from epoch {export_epoch} but the run reached epoch {run_epoch} (it "
+                      "stopped before its final export); this measures the export", RuntimeWarning, stacklevel=2)
 
 
 def run_eval(args) -> int:
@@ -127,8 +208,10 @@ def run_eval(args) -> int:
     else:
         metrics = parse_metrics(args.metrics or DEFAULT_METRICS)
     device = _device(args.device)
+    facts = _training_facts(target, export_cfg) if is_model else {}
+    seed = args.seed if args.seed is not None else (facts.get("seed") or 0)
     details: dict = {}
-    info: dict = {"target": str(target), "against": str(against)}
+    info: dict = {"target": str(target), "against": str(against), "seed": seed, "device": str(device)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if is_model:
@@ -136,37 +219,45 @@ def run_eval(args) -> int:
             from ..export import load_export
 
             engine = load_export(target, device=device)
+            _match_training_precision(engine, facts, device)
+            recs = facts.get("datasets") or []
             # the training pipeline's pixels (and content key), so the trainer's cached statistics are reused
-            real = load_dataset(against, size=engine.image_size, background=args.background, progress=False)
-            info.update(engine=engine.name, image_size=engine.image_size)
+            real = load_dataset(against, size=engine.image_size, progress=False,
+                                **_prepare_options(recs[-1] if recs else None, args, recorded=not args.against))
+            info.update(engine=engine.name, image_size=engine.image_size, background=real.background)
+            if facts.get("export_epoch") is not None:
+                info["export_epoch"] = facts["export_epoch"]
+            _warn_on_differences(facts, device)
             if translating:
                 from .translation import evaluate_translation
 
                 source = Path(args.source) if args.source else _recorded(export_cfg, "source_dataset", "source set")
-                pictures = load_dataset(source, size=engine.image_size, background=args.background, progress=False)
+                pictures = load_dataset(source, size=engine.image_size, progress=False,
+                                        **_prepare_options(recs[0] if len(recs) > 1 else None, args,
+                                                           recorded=not args.source))
                 info.update(kind="translator", source=str(source))
                 res = evaluate_translation(engine, pictures, real, metrics=metrics, n=args.n,
-                                           batch_size=args.batch_size, device=device, seed=args.seed,
+                                           batch_size=args.batch_size, device=device, seed=seed,
                                            progress=args.progress)
             else:
                 info.update(kind="generator")
                 res = evaluate_generator(lambda k, s: engine.sample(n=k, seed=s), real, n=args.n, metrics=metrics,
-                                         batch_size=args.batch_size, device=device, seed=args.seed,
+                                         batch_size=args.batch_size, device=device, seed=seed,
                                          progress=args.progress, details=details)
             fake_names = None
         elif is_image_folder(target):
             fake = load_image_folder(target)
-            real = load_real(against, size=fake.size, background=args.background)
+            real = load_real(against, size=fake.size, background=args.background or "white")
             info.update(kind="images", images=len(fake.images))
             res = evaluate_images(fake.images, real, metrics=metrics, batch_size=args.batch_size, device=device,
-                                  seed=args.seed, progress=args.progress, details=details)
+                                  seed=seed, progress=args.progress, details=details)
             fake_names = fake.files
         else:
             raise ValueError(f"{target}: neither a run, an export, nor a folder of images")
     info["real_images"] = int(len(real.images))
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     if args.log:
-        _log_to_run(target, res, args, notes)
+        _log_to_run(target, res, seed, facts, notes)
     nov = details.get("novelty")
     if args.json:
         out = {**info, "metrics": res, "warnings": notes}
@@ -182,15 +273,16 @@ def run_eval(args) -> int:
     return 0
 
 
-def _log_to_run(run_dir: Path, res: dict, args, notes: list[str]) -> None:
-    """One "eval" line at the run's recorded epoch/step, marked as coming from ``pokelab eval``."""
+def _log_to_run(run_dir: Path, res: dict, seed: int, facts: dict, notes: list[str]) -> None:
+    """One "eval" line at the epoch/step of the export it measured, marked as coming from ``pokelab eval``."""
     from ..runs import RunWriter, read_info
 
     info = read_info(run_dir)
+    epoch = facts.get("export_epoch") if facts.get("export_epoch") is not None else info.get("epoch")
+    step = facts.get("export_step") if facts.get("export_step") is not None else info.get("step")
     writer = RunWriter(run_dir)
-    line = writer.log("eval", int(info.get("epoch") or 0), int(info.get("step") or 0), **res,
-                      eval_by="pokelab eval", eval_seed=int(args.seed))
-    writer.append_log(f"pokelab eval (n={int(res.get('eval_n', args.n))}, seed {args.seed}) at epoch {line['epoch']}: "
+    line = writer.log("eval", int(epoch or 0), int(step or 0), **res, eval_by="pokelab eval", eval_seed=int(seed))
+    writer.append_log(f"pokelab eval (n={int(res.get('eval_n', 0))}, seed {seed}) at epoch {line['epoch']}: "
                       + ", ".join(f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
     for msg in notes:
         writer.append_log(f"warning: {msg}")

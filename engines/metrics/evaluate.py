@@ -71,9 +71,12 @@ def _batch_seed(seed: int, index: int) -> int:
 
 
 def _generated(sample_fn: Callable[[int, int], torch.Tensor], n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    from ..base import metrics_sampling
+
     for b, start in enumerate(range(0, n, batch_size)):
         k = min(batch_size, n - start)
-        x = sample_fn(k, _batch_seed(seed, b))
+        with metrics_sampling():  # engines sample as their references measure (Engine.metrics_sample_kwargs)
+            x = sample_fn(k, _batch_seed(seed, b))
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or len(x) != k:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"sample_fn({k}, seed) must return a [{k}, C, H, W] tensor in [-1, 1]; got {got}")

@@ -11,7 +11,8 @@ The contract on top of ``engines.base.Engine`` (docs/engines.md):
 - the learning rate is constant for the first half of the epochs and decays linearly towards zero in
   the second half (``decay_start``), set per epoch by ``start_epoch``.
 
-Shared pieces: the image pool (Shrivastava et al.), LSGAN losses, patch-level D accuracy, random flips.
+Shared pieces: the image pool (Shrivastava et al.), LSGAN losses, patch-level D accuracy, and the references'
+training augmentation of both domains (``resize_crop``: enlarge by 30/256, random crop back; ``flip``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from ..images import from_uint8, heatmap_rgb, overlay_heatmap, to_uint8
 class TranslationEngine(Engine):
     kind: ClassVar[str] = "translate"
     domains: ClassVar[int] = 2
-    #: translation GANs rely on their cycle/content losses, not on D augmentation; inputs get random flips
+    #: translation GANs rely on their cycle/content losses, not on D augmentation; their training pictures get
+    #: the references' resize + random crop + flip instead (prepare_batch)
     default_augment: ClassVar[str] = "none"
     #: the shared translation protocol (DESIGN.md): batch 1-4, 200 epochs, samples every 5 epochs
     protocol_defaults: ClassVar[dict[str, Any]] = {
@@ -43,7 +45,10 @@ class TranslationEngine(Engine):
     def default_config(cls) -> dict[str, Any]:
         return {"lr": 2e-4, "betas": [0.5, 0.999],
                 "decay_start": 0.5,  # fraction of the epochs after which lr decays linearly towards 0
-                "flip": True}        # random horizontal flips of both domains' training batches
+                # training pictures of both domains, each picture on its own draw (the references'
+                # resize_and_crop + flip): enlarge to size + 30/256 * size (bicubic), crop a random size x size
+                "resize_crop": True,
+                "flip": True}        # random horizontal flips
 
     # ---- learning-rate schedule ------------------------------------------------------
     def make_adam(self, params, lr: float | None = None, betas=None, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -74,7 +79,11 @@ class TranslationEngine(Engine):
 
     # ---- training helpers ------------------------------------------------------------
     def prepare_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training augmentation of both domains, in the references' order: resize + random crop, then flip.
+        All draws come from the torch RNGs the trainer checkpoints, so a resumed run sees the same crops."""
         real_a, real_b = batch
+        if self.config["resize_crop"]:
+            real_a, real_b = random_resized_crop(real_a), random_resized_crop(real_b)
         if self.config["flip"]:
             real_a, real_b = random_hflip(real_a), random_hflip(real_b)
         return real_a, real_b
@@ -217,9 +226,30 @@ class ImagePool:
         self.images = [] if imgs is None else [t.unsqueeze(0) for t in imgs]
 
 
+def crop_margin(size: int) -> int:
+    """Pixels added before the random crop: 30 at 256 px (the references' load size 286 for crop 256), scaled to
+    the training size (15 at 128 px)."""
+    return int(round(30 * int(size) / 256))
+
+
+def random_resized_crop(x: torch.Tensor) -> torch.Tensor:
+    """The references' ``resize_and_crop``: the batch enlarged (bicubic) by ``crop_margin`` pixels, then one
+    random size x size crop per picture (offsets from the global CPU RNG: no device sync)."""
+    n, _, h, w = x.shape
+    mh, mw = crop_margin(h), crop_margin(w)
+    if mh == 0 and mw == 0:
+        return x
+    big = F.interpolate(x.float(), size=(h + mh, w + mw), mode="bicubic", align_corners=False)
+    big = big.clamp(-1, 1).to(x.dtype)  # bicubic overshoots a little at sharp edges
+    oy = torch.randint(0, mh + 1, (n,)).tolist()
+    ox = torch.randint(0, mw + 1, (n,)).tolist()
+    out = torch.stack([big[i, :, y:y + h, xo:xo + w] for i, (y, xo) in enumerate(zip(oy, ox))])
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else out
+
+
 def random_hflip(x: torch.Tensor) -> torch.Tensor:
-    """Each image mirrored left-right with probability 0.5 (the reference CycleGAN's only training augmentation
-    at a fixed size)."""
+    """Each image mirrored left-right with probability 0.5 (the references flip after the resize and crop)."""
     flip = torch.rand(x.shape[0], device=x.device) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 

@@ -63,6 +63,31 @@ def _gray255(x: torch.Tensor) -> torch.Tensor:
     return (g + 1) * 127.5
 
 
+_sobel_cache: dict[torch.device, torch.Tensor] = {}
+
+
+def _sobel_kernels(device: torch.device) -> torch.Tensor:
+    """The 3x3 Sobel pair [2, 1, 3, 3] (d/dx right - left, d/dy down - up) in fp32, built once per device: a
+    torch.tensor(..., device=cuda) per call would be a host-to-device copy that stalls every D step."""
+    k = _sobel_cache.get(device)
+    if k is None:
+        kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        k = _sobel_cache[device] = torch.stack([kx, kx.t()])[:, None].to(device)
+    return k
+
+
+_gauss_cache: dict[tuple, torch.Tensor] = {}
+
+
+def _gauss_kernel(kernel: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """The blur's 1-D Gaussian window in fp32, built once per (size, sigma, device)."""
+    key = (int(kernel), float(sigma), device)
+    g = _gauss_cache.get(key)
+    if g is None:
+        g = _gauss_cache[key] = _gauss_window(int(kernel), float(sigma), torch.float32, device)
+    return g
+
+
 def canny_edges(x: torch.Tensor, low: float = 100.0, high: float = 200.0, hysteresis_iters: int = 16) -> torch.Tensor:
     """Canny edges of a batch of [-1, 1] pictures: bool [N, 1, H, W], True on (1-px thin) edge pixels.
 
@@ -76,9 +101,7 @@ def canny_edges(x: torch.Tensor, low: float = 100.0, high: float = 200.0, hyster
     """
     g = _gray255(x)
     h, w = g.shape[-2:]
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=g.device)
-    kernels = torch.stack([kx, kx.t()])[:, None]  # [2, 1, 3, 3]: d/dx (right - left), d/dy (down - up)
-    grad = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kernels)
+    grad = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), _sobel_kernels(g.device))
     gx, gy = grad[:, 0:1], grad[:, 1:2]
     ax, ay = gx.abs(), gy.abs()
     mag = ax + ay
@@ -112,7 +135,7 @@ def gaussian_blur(x: torch.Tensor, kernel: int = 5, sigma: float = 1.1) -> torch
     r = int(kernel) // 2
     if r >= min(h, w):
         raise ValueError(f"a {kernel}-px blur needs pictures larger than {r} px; got {h}x{w}")
-    g = _gauss_window(int(kernel), float(sigma), torch.float32, x.device)
+    g = _gauss_kernel(kernel, sigma, x.device)
     y = F.pad(x.float().reshape(n * c, 1, h, w), (r, r, r, r), mode="reflect")
     y = F.conv2d(F.conv2d(y, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
     return y.reshape(n, c, h, w)
