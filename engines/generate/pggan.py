@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Engine, ema_update
+from ..base import Engine, ema_update, no_tf32
 from ..registry import register
 
 SQRT2 = math.sqrt(2.0)
@@ -530,9 +530,10 @@ class PGGAN(Engine):
         with self.autocast():
             s_real = D(real_a, level, alpha).float()
             s_fake = D(fake_a, level, alpha).float()
-        gp = gradient_penalty(D, real_a, fake_a, level, alpha, norm_scale=self.image_size / res)
-        d = d_wgan_loss(s_real, s_fake, gp, float(c["gp_lambda"]), float(c["eps_drift"]))
-        self.optimize("D", d["total"])
+        with no_tf32():  # the penalty differentiates through D twice: full fp32 as the references
+            gp = gradient_penalty(D, real_a, fake_a, level, alpha, norm_scale=self.image_size / res)
+            d = d_wgan_loss(s_real, s_fake, gp, float(c["gp_lambda"]), float(c["eps_drift"]))
+            self.optimize("D", d["total"])
 
         # -- G: maximise D's score of fresh fakes
         G.requires_grad_(True)
