@@ -78,11 +78,13 @@ class Engine(nn.Module):
             return p.device
         return torch.device("cpu")
 
-    def setup(self, device: torch.device, amp: bool = False, augment=None, cpu_amp: bool = False) -> "Engine":
+    def setup(self, device: torch.device, amp: bool = False, augment=None, cpu_amp: bool = False,
+              amp_dtype: torch.dtype | None = None) -> "Engine":
         """Move to device, choose mixed precision, attach the augmentation pipeline.
 
         ``cpu_amp``: bf16 autocast on a CPU (1.5x faster for projected_gan on a CPU with AVX512-BF16;
-        docs/decisions.md); no loss scaling is needed for bf16."""
+        docs/decisions.md); no loss scaling is needed for bf16. ``amp_dtype`` forces the autocast type on any
+        device (benchmarks/gpu_check.py trains every engine under fp16 and bf16 on one GPU)."""
         self.to(device)
         if device.type == "cuda":
             self.to(memory_format=torch.channels_last)
@@ -95,6 +97,8 @@ class Engine(nn.Module):
             self.amp_dtype = torch.bfloat16
         else:
             self.amp_dtype = None
+        if amp_dtype is not None:
+            self.amp_dtype = amp_dtype
         self.scalers = {name: torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
                         for name in self.optimizers}
         return self
