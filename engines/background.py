@@ -15,7 +15,6 @@ made. Nothing here imports torch.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from .hashing import file_sha256
 
 DEFAULT_MODEL = "u2net"
 CUSTOM_MODEL = "u2net_custom"   # how rembg runs a U2Net-style ONNX file given by path
@@ -104,21 +105,13 @@ def _check_model(model: str, model_path: str | os.PathLike | None) -> tuple[str,
     return model, None
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def describe_model(model: str = DEFAULT_MODEL, model_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """What decides the masks, without loading the model: rembg's session name and version, and for a
     model file its absolute path and sha256 (the weights of a named model are fixed by rembg's checksum).
     Validates like ``make_session`` does."""
     name, path = _check_model(model, model_path)
     return {"model": name, "model_path": str(path) if path else None,
-            "model_sha256": _file_sha256(path) if path else None, "rembg_version": rembg_version()}
+            "model_sha256": file_sha256(path) if path else None, "rembg_version": rembg_version()}
 
 
 def make_session(model: str = DEFAULT_MODEL, model_path: str | os.PathLike | None = None):

@@ -46,3 +46,13 @@ def blobs(n=8, size=32, seed=1, square=False, r_spread=0.5):
             inside = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
         out.append(torch.where(inside.expand(3, size, size), colour, -0.5 * colour))
     return torch.stack(out)
+
+
+def checkpoint_round_trip(engine):
+    """What the trainer does with an engine's state: torch.save it and load it back with weights_only=True."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(engine.state_dict_full(), buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)

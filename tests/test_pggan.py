@@ -1,6 +1,5 @@
 """PGGAN: the growth schedule, fades, pixel norm, equalised learning rate, minibatch std, WGAN-GP + drift,
 exact resume mid-fade, export round trip and a trainer run through a phase change."""
-import io
 import math
 import types
 
@@ -13,6 +12,7 @@ from engines.export import load_export, save_export
 from engines.generate.pggan import (PGGAN, Discriminator, EqualizedConv2d, EqualizedLinear, Generator, MinibatchStd,
                                     d_wgan_loss, downsample_reals, gradient_penalty, growth_phase, pixel_norm)
 from engines.registry import get_engine
+from helpers import checkpoint_round_trip
 
 # widths min(128 // r, 16): 16 channels at 4 and 8 px, 8 at 16 px, 4 at 32 px. Phases of 16 images.
 TINY = {"z_dim": 16, "channel_base": 128, "channel_max": 16, "stable_kimg": 0.016, "fade_kimg": 0.016}
@@ -32,11 +32,6 @@ def real_batch(n=8, size=16, seed=0):
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _snapshot(engine):
-    buf = io.BytesIO()
-    torch.save(engine.state_dict_full(), buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_registry_and_paper_defaults():
@@ -299,7 +294,7 @@ def test_exact_resume_mid_fade_is_bit_identical():
     for _ in range(3):
         a.train_step(x)
     assert a.phase().fading and a.phase().alpha == 0.25  # 24 images: 8 into a 32-image fade
-    state, rng = _snapshot(a), torch.get_rng_state()
+    state, rng = checkpoint_round_trip(a), torch.get_rng_state()
     outs_a = [a.train_step(x) for _ in range(2)]
     b = fresh(123)  # different weights; nimg, phase and Adam state must all come from the checkpoint
     b.load_state_dict_full(state)

