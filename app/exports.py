@@ -132,6 +132,37 @@ class Quality:
         return d
 
 
+def public_path(path: str | Path | None, roots: Iterable[Path] = ()) -> str | None:
+    """How the app names a server path to the outside (HTTP routes, the About tab): relative to the
+    repository, else ``<root folder name>/<relative path>`` under one of the folders it was given, else only
+    the last two components. Never an absolute path."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    for base, prefix in [(REPO_ROOT, None)] + [(Path(r), Path(r).name) for r in roots]:
+        try:
+            rel = p.relative_to(base)
+        except ValueError:
+            try:
+                rel = p.resolve().relative_to(Path(base).resolve())
+            except (ValueError, OSError):
+                continue
+        if prefix is None:
+            return str(rel)
+        return str(Path(prefix) / rel) if str(rel) != "." else prefix
+    return str(Path("…", *p.parts[-2:])) if len(p.parts) > 2 else p.name
+
+
+def public_source_id(source: str, roots: Iterable[Path] = ()) -> str:
+    """A review source id ('dcgan:/abs/export', 'real:name') with any absolute path made public."""
+    head, sep, rest = str(source).partition(":")
+    if sep and Path(rest).is_absolute():
+        return f"{head}:{public_path(rest, roots)}"
+    return str(source)
+
+
 def find_run_dir(export_dir: Path, run_id: Any, roots: Iterable[Path] = ()) -> tuple[Path | None, str]:
     """The run folder behind an export: RUN/export's RUN, else a folder named after ``trained.run_id`` in
     one of the given roots (``ROOT/<run_id>``, ``ROOT/runs/<run_id>``: a copy of an export shipped beside its
@@ -187,6 +218,7 @@ class ExportEntry:
     path: Path               # the export folder (resolved)
     config: dict[str, Any]   # its config.json
     quality: Quality = field(default_factory=Quality)   # its run's last evaluation (read once per scan)
+    roots: tuple[Path, ...] = ()  # the folders the app was given (to name paths without their absolute part)
 
     @property
     def collapsed(self) -> bool:
@@ -291,13 +323,13 @@ class ExportEntry:
             "lr": ec.get("lr"),
             "z_dim": ec.get("z_dim"),
             "supports": sorted(self.supports),
-            "folder": self.display_path,
+            "folder": public_path(self.path, self.roots),
             # translation exports: the input domain, the directions, whether there are attention maps
             "source_dataset": self.source_dataset.get("name"),
             "directions": list(self.directions),
             "attention": self.has_attention,
             # the run's last evaluation (FID, KID, n, MS-SSIM, collapse flag; 'evaluated': False when none)
-            "evaluation": self.quality.as_dict(),
+            "evaluation": dict(self.quality.as_dict(), run_dir=public_path(self.quality.run_dir, self.roots)),
             "collapsed": self.collapsed,
         }
 
@@ -379,7 +411,7 @@ class ExportCatalog:
                 while key in entries:
                     key, i = f"{name}-{i}", i + 1
                 run_dir, why = find_run_dir(d, trained.get("run_id"), self.roots)
-                entries[key] = ExportEntry(key, d, cfg, read_quality(run_dir, why))
+                entries[key] = ExportEntry(key, d, cfg, read_quality(run_dir, why), tuple(self.roots))
         with self._lock:
             self.entries = entries
             self.problems = problems

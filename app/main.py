@@ -6,6 +6,7 @@ root so ``import engines`` and ``import app`` work and no module in ``app/`` sha
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -36,7 +37,21 @@ def main(argv: list[str] | None = None) -> None:
     if flagged:
         print(f"flagged collapsed by their run's last evaluation (hidden by default, never reviewed): "
               f"{', '.join(e.key for e in flagged)}", flush=True)
-    app.launch()
+    # SIGTERM (docker stop, a Space restarting, kill) ends the server like Ctrl-C does, so the folder of
+    # handed-out files is removed on the way out (app.close) instead of being left in the temp folder
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        app.launch()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        app.close()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,20 @@ flagged mode collapse: the same picture, or nearly, for every seed) is dropped f
 is formed, in generation and translation rounds alike. Pairing real art with it would make the answer obvious
 and the session no longer blind. ``left_out`` names what was dropped, for the message when fewer than two
 sources remain.
+
+Broken sources leave the pool too: a source whose picture cannot be made (an export that fails to load, say)
+is dropped when a round is drawn, logged once, and named by ``notes()`` (the Review tab shows them); the
+round is drawn from the sources that remain.
+
+Answers are stored once per round: each round has a number (``Pair.round``, shown on the page as "pair N");
+``submit`` marks the round answered before storing it and refuses a second submit of the same round (or of a
+round that is no longer the one on screen), so a click repeated while the next pair could not be drawn does
+not store the answers again.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import secrets
 import threading
@@ -42,6 +52,8 @@ from engines import review as review_db
 
 from .appconfig import LIMITS
 from .inputs import AppInputError, as_text
+
+log = logging.getLogger("pokelab.app")
 
 # translation pairs only ('faithful' needs an input picture)
 GENERATION_QUESTIONS = [q for q in review_db.QUESTIONS if q != "faithful"]
@@ -92,6 +104,8 @@ class Pair:
     questions: tuple[str, ...] = tuple(GENERATION_QUESTIONS)
     input_image: Image.Image | None = None       # translation rounds: the picture both sides translated
     input_item: str = ""
+    round: int = 0                               # the session's round number (the page's "pair N")
+    answered: bool = False                       # its answers are stored: a second submit is refused
 
 
 @dataclass
@@ -120,17 +134,30 @@ class ReviewBook:
         self._translations = translations or (lambda: [])
         self.display = display
         self._lock = threading.Lock()
+        #: sources whose picture could not be made (id -> 'label: reason'): out of every round from then on
+        self.broken: dict[str, str] = {}
 
     def sources(self) -> list[ReviewSource]:
-        """The generation pool: every source offered except the collapsed ones."""
-        return [s for s in self._sources() if not s.collapsed]
+        """The generation pool: every source offered except the collapsed and the broken ones."""
+        return [s for s in self._sources() if not s.collapsed and s.id not in self.broken]
+
+    def notes(self) -> list[str]:
+        """Sources left out because their pictures could not be made (for the Review tab and the log)."""
+        return [f"{why}" for why in self.broken.values()]
+
+    def _drop(self, source, error: BaseException) -> None:
+        with self._lock:
+            if source.id in self.broken:
+                return
+            self.broken[source.id] = f"{source.label} left the review: {error}"
+        log.warning("review: %s left the pool: %s", source.id, error)
 
     def translation_groups(self) -> list[TranslationGroup]:
         """Groups that can make a round: at least two sources that are not collapsed and at least one input
         picture."""
         out = []
         for g in self._translations():
-            kept = [s for s in g.sources if not s.collapsed]
+            kept = [s for s in g.sources if not s.collapsed and s.id not in self.broken]
             if len(kept) >= 2 and len(g.files) > 0:
                 out.append(g if len(kept) == len(g.sources) else TranslationGroup(g.inputs, g.images, g.files, kept))
         return out
@@ -174,47 +201,83 @@ class ReviewBook:
         c = session.rng.choice([c for c in candidates if session.pair_counts[self._pair_key(c)] == least])
         return c if session.rng.random() < 0.5 else (c[0], c[2], c[1], *c[3:])
 
+    @staticmethod
+    def _make(fn, *args):
+        """A side's picture, or (None, error) when the source cannot make one (it then leaves the pool)."""
+        try:
+            return fn(*args), None
+        except Exception as e:  # noqa: BLE001 - an export that fails to load must not block the session
+            return None, e
+
     def choose_sources(self, session: ReviewSession, sources: list[ReviewSource]) -> tuple[ReviewSource, ReviewSource]:
         pairs = [("generate", a, b) for a, b in itertools.combinations(sorted(sources, key=lambda s: s.id), 2)]
         _, a, b = self.choose(session, pairs)
         return a, b
 
     def next_pair(self, session: ReviewSession) -> Pair:
-        candidates = self._candidates()
-        if not candidates:
-            raise AppInputError("Review needs at least two sources; fewer are available now.")
-        kind, left, right, *rest = self.choose(session, candidates)
-        if kind == "generate":
-            li, litem = left.draw(session.rng)
-            ri, ritem = right.draw(session.rng)
-            common = min(li.shape[0], ri.shape[0])
-            session.current = Pair(left, right, litem, ritem, _fit(li, common, self.display),
-                                   _fit(ri, common, self.display))
-        else:
-            session.current = self._translation_pair(session, rest[0], left, right)
-        session.pair_counts[frozenset((left.id, right.id))] += 1
-        session.rounds += 1
-        return session.current
+        """Draw the next round. A source that fails to make its picture leaves the pool (``broken``, logged)
+        and another pair is drawn; when fewer than two sources remain, AppInputError says which left."""
+        while True:
+            candidates = self._candidates()
+            if not candidates:
+                gone = self.notes()
+                raise AppInputError("Review needs at least two sources; fewer are available now."
+                                    + (f" Left out because their pictures could not be made: {'; '.join(gone)}."
+                                       if gone else ""))
+            kind, left, right, *rest = self.choose(session, candidates)
+            if kind == "generate":
+                (l_out, err) = self._make(left.draw, session.rng)
+                if err is not None:
+                    self._drop(left, err)
+                    continue
+                (r_out, err) = self._make(right.draw, session.rng)
+                if err is not None:
+                    self._drop(right, err)
+                    continue
+                (li, litem), (ri, ritem) = l_out, r_out
+                common = min(li.shape[0], ri.shape[0])
+                pair = Pair(left, right, litem, ritem, _fit(li, common, self.display), _fit(ri, common, self.display))
+            else:
+                pair = self._translation_pair(session, rest[0], left, right)
+                if pair is None:
+                    continue
+            session.pair_counts[frozenset((left.id, right.id))] += 1
+            session.rounds += 1
+            pair.round = session.rounds
+            session.current = pair
+            return pair
 
     def _translation_pair(self, session: ReviewSession, group: TranslationGroup, left: TranslationSource,
-                          right: TranslationSource) -> Pair:
+                          right: TranslationSource) -> Pair | None:
         usable = [i for i, f in enumerate(group.files) if left.accepts(f) and right.accepts(f)]
         i = session.rng.choice(usable)
         name = group.files[i]
         picture = group.images[i].permute(1, 2, 0).numpy()
-        li, litem = left.render(picture, name)
-        ri, ritem = right.render(picture, name)
+        sides = []
+        for src in (left, right):
+            out, err = self._make(src.render, picture, name)
+            if err is not None:
+                self._drop(src, err)
+                return None
+            sides.append(out)
+        (li, litem), (ri, ritem) = sides
         common = min(li.shape[0], ri.shape[0])
         return Pair(left, right, litem, ritem, _fit(li, common, self.display), _fit(ri, common, self.display),
                     kind="translate", questions=tuple(TRANSLATION_QUESTIONS),
                     input_image=_fit(picture, min(common, picture.shape[0]), self.display),
                     input_item=f"real:{name}")
 
-    def submit(self, session: ReviewSession | None, answers: dict[str, str | None]) -> list[int]:
-        """Store one row per question of the pair on screen, then draw the next pair."""
+    def submit(self, session: ReviewSession | None, answers: dict[str, str | None],
+               round_id: int | str | None = None) -> list[int]:
+        """Store one row per question of the pair on screen, then draw the next pair. Once per round: a
+        round already answered, or (``round_id``, the round the page shows) one that is no longer on screen,
+        is refused with a message and nothing is stored."""
         if session is None or session.current is None:
             raise AppInputError("Enter your name and press Start first.")
         p = session.current
+        if round_id not in (None, "") and str(round_id) != str(p.round):
+            raise AppInputError(f"Your answers to pair {round_id} were already saved; nothing was stored again. "
+                                "Press Skip this pair to go on.")
         clean: dict[str, str] = {}
         for q in p.questions:
             a = answers.get(q)
@@ -222,11 +285,26 @@ class ReviewBook:
             if a not in review_db.ANSWERS:
                 raise AppInputError(f"Answer every question (Left, Right or Tie) — missing: “{review_db.QUESTIONS[q]}”")
             clean[q] = a
-        ids = [review_db.record(self.db_path, rater=session.rater, session=session.session, question=q,
-                                left_source=p.left.id, right_source=p.right.id, left_item=p.left_item,
-                                right_item=p.right_item, answer=a) for q, a in clean.items()]
+        with self._lock:  # two clicks at once: only one of them stores the round
+            if p.answered:
+                raise AppInputError(f"Your answers to pair {p.round} were already saved; nothing was stored "
+                                    "again. Press Skip this pair to go on.")
+            p.answered = True
+        ids: list[int] = []
+        try:
+            for q, a in clean.items():
+                ids.append(review_db.record(self.db_path, rater=session.rater, session=session.session, question=q,
+                                            left_source=p.left.id, right_source=p.right.id, left_item=p.left_item,
+                                            right_item=p.right_item, answer=a))
+        except BaseException:
+            if not ids:
+                p.answered = False  # nothing stored: the same answers may be sent again
+            raise
         session.answers += len(ids)
-        self.next_pair(session)
+        try:
+            self.next_pair(session)
+        except AppInputError as e:
+            raise AppInputError(f"Your answers to pair {p.round} were saved. {e}") from None
         return ids
 
     def stats(self) -> dict:

@@ -7,10 +7,12 @@ Every public endpoint has an ``api_name`` (see docs/app.md) so scripts and tests
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from engines.review import QUESTIONS, ReviewDBError
 from . import gan
 from . import translate as tr
 from .appconfig import LIMITS, AppConfig
-from .exports import ExportCatalog, ExportEntry, RealSet
+from .exports import ExportCatalog, ExportEntry, RealSet, public_path, public_source_id
 from .inputs import AppInputError
 from .review_book import ReviewBook, ReviewSession, ReviewSource, TranslationGroup, TranslationSource
 from .sd_pokemon import SDPokemon, SDUnavailable, overlay
@@ -143,7 +145,11 @@ class PokelabApp:
         self.cfg = cfg
         self.catalog = ExportCatalog(cfg.checkpoint_roots(), device=cfg.device, data_dirs=cfg.data)
         self.sd = SDPokemon(cfg.sd_model, device=cfg.device)
-        self.out = gan.OutputDir(Path(tempfile.gettempdir()) / "pokelab-app" / str(os.getpid()))
+        out_parent = Path(tempfile.gettempdir()) / "pokelab-app"
+        remove_dead_output_dirs(out_parent)  # folders of app processes killed with -9
+        self.out = gan.OutputDir(out_parent / str(os.getpid()))
+        # at a normal exit (main() turns SIGTERM into one); the path only, so the app itself is not kept alive
+        atexit.register(shutil.rmtree, str(self.out.root), True)
         self.sd_review = {"steps": 25, "guidance": 7.5, "size": 512}   # SD samples shown in the review
         self.review_notes: list[str] | None = None  # why translation rounds are off (set by review_translations)
         self.book = ReviewBook(cfg.review_db, self.review_sources, translations=self.review_translations)
@@ -408,7 +414,7 @@ class PokelabApp:
         if self.catalog.problems:
             lines += ["", "Could not read: " + "; ".join(self.catalog.problems[:8])]
         try:
-            st = self.book.stats()
+            st = self.review_stats()
             rev = f"{st['answers']} answers from {st['raters']} rater(s) in `{st['db']}`"
         except ReviewDBError as e:
             rev = f"review database unreadable: {e}"
@@ -573,10 +579,11 @@ class PokelabApp:
         return (s, left, right, progress, None, None, gr.update(visible=True), inp, None)
 
     def review_layout(self, s: ReviewSession | None):
-        """Which question and whether the input picture show for the round on screen (a page-only event)."""
+        """Which question and whether the input picture show for the round on screen, the notes, and the
+        round number the page sends back with its answers (a page-only event)."""
         tr_round = s is not None and s.current is not None and s.current.kind == "translate"
         return (gr.update(visible=not tr_round), gr.update(visible=tr_round), gr.update(visible=tr_round),
-                self.review_note_md())
+                self.review_note_md(), str(s.current.round) if s is not None and s.current is not None else "")
 
     def review_note_text(self) -> str:
         if self.review_notes is None:
@@ -586,15 +593,25 @@ class PokelabApp:
         return "translation rounds: " + "; ".join(self.review_notes)
 
     def review_note_md(self) -> str:
-        """Shown under the Review intro once a session started, when translation rounds are (partly) off."""
-        text = self.review_note_text()
-        return f"*{text[0].upper()}{text[1:]}.*" if self.review_notes else ""
+        """Shown under the Review intro once a session started: when translation rounds are (partly) off, and
+        the sources that left the review because their pictures could not be made."""
+        parts = []
+        if self.review_notes:
+            text = self.review_note_text()
+            parts.append(f"*{text[0].upper()}{text[1:]}.*")
+        broken = self.book.notes()
+        if broken:
+            parts.append("*Left out of the review because their pictures could not be made: "
+                         + "; ".join(broken) + ".*")
+        return "\n\n".join(parts)
 
     def review_start(self, rater, _session):
         return self._review_view(self.book.start(rater))
 
-    def review_answer(self, pokemon, novel, session, faithful=None):
-        self.book.submit(session, {"pokemon": pokemon, "novel": novel, "faithful": faithful})
+    def review_answer(self, pokemon, novel, session, faithful=None, round_id=None):
+        """Store the answers to the round on screen (``round_id``: the round the page shows, sent back by the
+        page; API callers may leave it out) once, then show the next pair."""
+        self.book.submit(session, {"pokemon": pokemon, "novel": novel, "faithful": faithful}, round_id=round_id)
         return self._review_view(session)
 
     def review_skip(self, session):
@@ -818,6 +835,8 @@ class PokelabApp:
                         r_name = gr.Textbox(label="Your name", elem_id="review-name", max_length=L.max_rater_chars, scale=3)
                         r_start = gr.Button("Start", variant="primary", scale=1, elem_id="review-start")
                     r_session = gr.State(None)
+                    # the round on screen, sent back with the answers: a repeated click cannot store them twice
+                    r_round = gr.Textbox("", visible=False, elem_id="review-round")
                     with gr.Column(visible=False) as r_panel:
                         r_progress = gr.Markdown(elem_id="review-progress")
                         with gr.Row(equal_height=True):
@@ -904,12 +923,12 @@ class PokelabApp:
                         [x_in, x_out, x_rec, x_att, x_map, x_file, x_info], api_name="translate")
 
             review_out = [r_session, r_left, r_right, r_progress, r_q1, r_q2, r_panel, r_input, r_q3]
-            layout = (self.review_layout, r_session, [r_q2, r_q3, r_input, r_note])
+            layout = (self.review_layout, r_session, [r_q2, r_q3, r_input, r_note, r_round])
             r_start.click(h(self.review_start), [r_name, r_session], review_out, api_name="review_start").success(
                 *layout, **priv)
             r_name.submit(h(self.review_start), [r_name, r_session], review_out, **priv).success(*layout, **priv)
             # 'faithful' last and optional, so two-answer callers of the generation rounds keep working
-            r_submit.click(h(self.review_answer), [r_q1, r_q2, r_session, r_q3], review_out,
+            r_submit.click(h(self.review_answer), [r_q1, r_q2, r_session, r_q3, r_round], review_out,
                            api_name="review_answer").success(*layout, **priv)
             r_skip.click(h(self.review_skip), [r_session], review_out, api_name="review_skip").success(*layout, **priv)
 
@@ -926,8 +945,13 @@ class PokelabApp:
         return [dict(e.facts(), key=e.key, kind=e.kind) for e in self.catalog.entries.values()]
 
     def review_stats(self) -> dict:
-        """Counts from the review database (answers, raters, sessions, per question)."""
-        return self.book.stats()
+        """Counts from the review database (answers, raters, sessions, per question). Paths are named as the
+        app names them to the outside (``app.exports.public_path``), never absolutely."""
+        st = dict(self.book.stats())
+        roots = self.catalog.roots
+        st["db"] = public_path(st["db"], roots)
+        st["sources"] = [public_source_id(x, roots) for x in st["sources"]]
+        return st
 
     # ---- running ----------------------------------------------------------------------------------------
     def launch(self, **kw):
@@ -943,5 +967,42 @@ class PokelabApp:
         return self.demo.launch(**opts)
 
     def close(self):
-        self.demo.close()
+        try:
+            self.demo.close()
+        finally:
+            self.remove_output_dir()
+
+    def remove_output_dir(self) -> None:
+        """Remove this process's folder of handed-out files (at close, at exit, on SIGTERM through main())."""
+        shutil.rmtree(self.out.root, ignore_errors=True)
+
+
+def remove_dead_output_dirs(parent: Path, min_age_s: float = 3600) -> list[Path]:
+    """Remove ``parent/<pid>`` folders whose app process is gone (kill -9 leaves them behind) and that were not
+    touched for ``min_age_s`` (the age after which an app sweeps its own files: a live app in another PID
+    namespace sharing the temp folder loses nothing it would have kept)."""
+    removed = []
+    now = time.time()
+    try:
+        kids = list(parent.iterdir())
+    except OSError:
+        return removed
+    for d in kids:
+        if not d.name.isdigit() or int(d.name) == os.getpid() or d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            if now - d.stat().st_mtime < min_age_s:
+                continue
+        except OSError:
+            continue
+        try:
+            os.kill(int(d.name), 0)
+            continue                     # alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue                     # someone else's process, or not a PID
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 

@@ -3,12 +3,17 @@
   config.json         {"format": "pokelab-export", "engine": ..., "engine_config": ..., "image_size": ..., ...}
   model.safetensors   the tensors of ``engine.export_modules()``, keys "<module>.<param>"
 
-Loading never unpickles code (safetensors + JSON only).
+Loading never unpickles code (safetensors + JSON only), and never builds an engine bigger than an export may
+ask for: the config is checked and the engine is first built on PyTorch's 'meta' device (no memory) to count
+its parameters (``check_engine_size``), so a config with absurd widths is an ExportError, not a 1 TB allocation.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,72 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
+#: the largest image side an export (or a resumed run) may name
+MAX_IMAGE_SIZE = 2048
+#: the largest whole number in an engine config (widths, latent sizes, channel bases, layer counts)
+MAX_CONFIG_INT = 1 << 20
+#: the most parameters + buffers an engine built from a config may have (8 GB in fp32; the biggest shipped
+#: engines have ~25 M)
+MAX_PARAMETERS = 2 * 10**9
+
+
 class ExportError(ValueError):
     pass
+
+
+def _numbers(obj, path: str = "", depth: int = 0):
+    if depth > 20:
+        raise ExportError(f"engine_config{path}: nested too deeply")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}", depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        if len(obj) > 4096:
+            raise ExportError(f"engine_config{path}: a list of {len(obj)} values is not an engine setting")
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]", depth + 1)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def check_engine_size(cls, engine_config: dict[str, Any] | None, image_size: Any, training: bool = False) -> int:
+    """Bound what a config may ask for before anything is allocated: ``image_size`` at most MAX_IMAGE_SIZE,
+    whole numbers in the engine config at most MAX_CONFIG_INT, no non-finite numbers, and the engine built
+    on the 'meta' device (shapes only, no memory) at most MAX_PARAMETERS parameters and buffers. Returns the
+    count (-1 when the engine cannot be built on 'meta': the real build is then left to fail or succeed).
+    ExportError says which setting is too big."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ExportError(f"image_size {image_size!r} is not a whole number of pixels between 1 and {MAX_IMAGE_SIZE}")
+    if engine_config is not None and not isinstance(engine_config, dict):
+        raise ExportError(f"engine_config must be an object, not {type(engine_config).__name__}")
+    for path, v in _numbers(engine_config or {}):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ExportError(f"engine_config{path} = {v!r} is not a finite number")
+        if isinstance(v, int) and abs(v) > MAX_CONFIG_INT:
+            raise ExportError(f"engine_config{path} = {v} is larger than any engine setting may be ({MAX_CONFIG_INT})")
+    n = -1
+    for mode in ((True, False) if training else (False,)):
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                eng = cls(engine_config or {}, image_size, training=mode)
+        except (ValueError, TypeError, KeyError) as e:  # a setting the engine refuses: say which
+            raise ExportError(f"engine {getattr(cls, 'name', '?')!r} refuses this config: {e}") from None
+        except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor: try without the training nets
+            continue
+        n = sum(t.numel() for t in itertools.chain(eng.parameters(), eng.buffers()))
+        break
+    if n > MAX_PARAMETERS:
+        raise ExportError(f"engine {getattr(cls, 'name', '?')!r} with this config (image_size {image_size}, "
+                          f"{_biggest(engine_config)}) would have {n / 1e6:,.0f} M parameters "
+                          f"(~{n * 4 / 2**30:,.0f} GB), more than the {MAX_PARAMETERS / 1e9:g} G an export may ask "
+                          "for; not built")
+    return n
+
+
+def _biggest(cfg: dict[str, Any] | None) -> str:
+    nums = sorted(((v, p) for p, v in _numbers(cfg or {}) if isinstance(v, int)), reverse=True)[:3]
+    return ", ".join(f"{p.lstrip('.')}={v}" for v, p in nums) or "no numbers"
 
 
 def save_export(engine, out_dir: str | os.PathLike, trained: dict[str, Any] | None = None) -> Path:
@@ -75,8 +144,24 @@ def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
         cfg = json.loads((d / CONFIG).read_text(encoding="utf-8"))
     except ValueError as e:
         raise ExportError(f"{d / CONFIG}: malformed JSON ({e})") from e
+    except RecursionError:
+        raise ExportError(f"{d / CONFIG}: malformed JSON (nested too deeply)") from None
     if not isinstance(cfg, dict) or cfg.get("format") != EXPORT_FORMAT or "engine" not in cfg:
         raise ExportError(f"{d / CONFIG}: not a pokelab export config")
+    bad = []
+    if not isinstance(cfg["engine"], str):
+        bad.append(f"'engine' must be text, not {type(cfg['engine']).__name__}")
+    if cfg.get("kind") is not None and cfg.get("kind") not in ("generate", "translate"):
+        bad.append(f"'kind' must be 'generate' or 'translate', not {str(cfg.get('kind'))[:40]!r}")
+    size = cfg.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        bad.append(f"'image_size' must be a whole number of pixels between 1 and {MAX_IMAGE_SIZE}, "
+                   f"not {str(size)[:40]!r}")
+    for k in ("engine_config", "extra", "trained"):
+        if cfg.get(k) is not None and not isinstance(cfg[k], dict):
+            bad.append(f"'{k}' must be an object, not {type(cfg[k]).__name__}")
+    if bad:
+        raise ExportError(f"{d / CONFIG}: {'; '.join(bad)}")
     return cfg
 
 
@@ -85,7 +170,13 @@ def load_export(path: str | os.PathLike, device: str | torch.device | None = Non
     d = resolve_export_dir(path)
     cfg = read_export_config(d)
     cls = get_engine(cfg["engine"])
-    engine = cls(cfg.get("engine_config") or {}, int(cfg["image_size"]), training=False)
+    try:
+        check_engine_size(cls, cfg.get("engine_config"), cfg["image_size"])
+        engine = cls(cfg.get("engine_config") or {}, int(cfg["image_size"]), training=False)
+    except ExportError as e:
+        raise ExportError(f"{d / CONFIG}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"{d / CONFIG}: engine {cfg['engine']!r} refuses this config: {e}") from None
     try:
         tensors = st_load((d / WEIGHTS).read_bytes())
     except Exception as e:  # safetensors raises its own error types

@@ -10,6 +10,7 @@ wrapping of the engines' nets) is not implemented yet, so a multi-process launch
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -34,8 +35,8 @@ from .config import TrainConfig
 from .export import save_export
 from .images import from_uint8, save_grid
 from .registry import get_engine
-from .runs import (RunWriter, atomic_write_bytes, checkpoint_path, export_dir, make_run_id, read_info,
-                   sample_path)
+from .runs import (RunFormatError, RunLock, RunWriter, atomic_write_bytes, check_info, check_run_files,
+                   checkpoint_path, clean_orphans, create_run_dir, export_dir, make_run_id, read_info, sample_path)
 
 CHECKPOINT_VERSION = 1
 #: run.json's progress fields (epoch, step, wall_seconds) are rewritten at most this often, and at every checkpoint,
@@ -115,6 +116,56 @@ def _versions() -> dict[str, str]:
     return v
 
 
+#: bounds on run.json's config when a run is resumed (a hostile or damaged run.json must give a clear error,
+#: not a traceback or a huge allocation); fields not named here only get their type checked
+_CONFIG_RANGES: dict[str, tuple[float, float]] = {
+    "image_size": (1, 4096), "batch_size": (1, 1 << 20), "epochs": (1, 10**9), "grid_n": (1, 4096),
+    "seed": (-(2**40), 2**40), "sample_every": (0, 10**9), "eval_every": (0, 10**9), "eval_n": (0, 10**7),
+    "checkpoint_every": (0, 10**9), "checkpoint_minutes": (0, 10**7), "max_hours": (0, 10**7),
+    "nan_lr_factor": (0, 1), "max_nan_rollbacks": (0, 10**6),
+}
+
+
+def config_from_info(info: dict[str, Any], where: str | os.PathLike) -> TrainConfig:
+    """run.json's ``config`` as a TrainConfig, each known field checked for its type and range first:
+    a RunFormatError names every wrong field (unknown keys are ignored, missing ones take their defaults)."""
+    raw = info.get("config")
+    if not isinstance(raw, dict):
+        raise RunFormatError(f"{where}: 'config' must be an object (the training settings), not "
+                             f"{type(raw).__name__ if raw is not None else 'missing'}")
+    defaults = TrainConfig()
+    bad = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in raw:
+            continue
+        v, d = raw[f.name], getattr(defaults, f.name)
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:39] + "…"
+        if isinstance(d, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(d, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(d, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        elif isinstance(d, dict):
+            ok = isinstance(v, dict)
+        elif isinstance(d, str):
+            ok = isinstance(v, str)
+        else:  # an optional setting (augment: text or null): any plain value
+            ok = v is None or isinstance(v, str) or (isinstance(v, (int, float)) and math.isfinite(v))
+        if not ok:
+            bad.append(f"config.{f.name} = {shown} is not {type(d).__name__ if d is not None else 'a plain value'}")
+            continue
+        lo, hi = _CONFIG_RANGES.get(f.name, (None, None))
+        if lo is not None and not lo <= v <= hi:
+            bad.append(f"config.{f.name} = {shown} is outside {lo:g}..{hi:g}")
+    if bad:
+        raise RunFormatError(f"{where}: {'; '.join(bad)}")
+    try:
+        return TrainConfig.from_dict(raw).validate()
+    except (ValueError, TypeError, OverflowError) as e:
+        raise RunFormatError(f"{where}: config: {e}") from None
+
+
 def _removal_options(rec: dict[str, Any] | None) -> dict[str, Any]:
     """load_dataset options that redo a recorded background removal (rembg) when a run is resumed."""
     if not rec:
@@ -138,7 +189,8 @@ class Trainer:
     _clock = staticmethod(time.monotonic)
 
     def __init__(self, engine_name: str, dataset, runs_dir: str | os.PathLike | None, config: TrainConfig,
-                 run_dir: str | os.PathLike | None = None, progress: bool | None = None):
+                 run_dir: str | os.PathLike | None = None, progress: bool | None = None,
+                 _lock: RunLock | None = None):
         self.cfg = config.validate()
         self.engine_cls = get_engine(engine_name)
         self.rank = int(os.environ.get("RANK", 0))
@@ -187,12 +239,43 @@ class Trainer:
         self._last_checkpoint = self._clock()  # when the last checkpoint was written (or loaded)
         self._last_progress = self._clock()    # when run.json's progress fields were last written
 
+        # one run per folder: a new run gets a folder of its own (created atomically; the id gets a suffix when
+        # taken) and every trainer holds the run's lock (RunLock) from here until fit() returns
+        self._lock = _lock
+        self.orphans_removed: list[str] = []
+        self.writer = None
         if run_dir is None:
             if runs_dir is None:
                 raise TrainingError("runs_dir or run_dir is required")
-            run_dir = Path(runs_dir) / make_run_id(engine_name, "-to-".join(d.name for d in self.datasets))
+            run_dir = create_run_dir(runs_dir, make_run_id(engine_name, "-to-".join(d.name for d in self.datasets)))
         self.run_dir = Path(run_dir)
-        self.writer = RunWriter(self.run_dir) if self.is_main else None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._own()
+            self.writer = RunWriter(self.run_dir)
+
+    # ---- owning the run folder --------------------------------------------------------------
+    def _own(self) -> None:
+        """Take the run's lock (a second owner gets RunLockedError naming the holder's PID), refuse run files
+        that are links or FIFOs, and remove temp files a kill -9 left behind (safe: no one else writes)."""
+        if not self.is_main:
+            return
+        if self._lock is not None and self._lock.held and getattr(self, "_checked", False):
+            return
+        self._lock = (self._lock or RunLock(self.run_dir)).acquire()
+        try:
+            check_run_files(self.run_dir)
+            self.orphans_removed = clean_orphans(self.run_dir)
+        except BaseException:
+            self.close()
+            raise
+        self._checked = True
+
+    def close(self) -> None:
+        """Release the run's lock (fit() does this on every exit path; also after a failed resume)."""
+        self._checked = False
+        if self._lock is not None:
+            self._lock.release()
 
     # ---- creation and resume ------------------------------------------------------------
     def _run_info(self) -> dict[str, Any]:
@@ -229,40 +312,83 @@ class Trainer:
     def resume(cls, run_dir: str | os.PathLike, dataset=None, epochs: int | None = None,
                progress: bool | None = None, max_hours: float | None = None) -> "Trainer":
         """Continue a run exactly where its last checkpoint left it. ``dataset`` defaults to the
-        recorded source, which must still have the same content key."""
+        recorded source, which must still have the same content key. A run stopped before its first
+        checkpoint (killed between run.json and the epoch-0 checkpoint) restarts in place from epoch 0.
+        The run's lock is taken first: a run another trainer owns is refused (RunLockedError)."""
         run_dir = Path(run_dir)
-        info = read_info(run_dir)
-        ck = checkpoint_path(run_dir)
-        if not ck.is_file():
-            raise TrainingError(f"{run_dir} has no checkpoint to resume from ({ck} is missing)")
-        cfg = TrainConfig.from_dict(info["config"])
-        if epochs is not None:
-            cfg.epochs = int(epochs)
-        if max_hours is not None:
-            cfg.max_hours = float(max_hours)
-        ds_infos = info["dataset"] if isinstance(info["dataset"], list) else [info["dataset"]]
-        if dataset is None:
-            from .data import load_dataset
+        read_info(run_dir)  # a run folder at all, before a lock file is made in it
+        lock = RunLock(run_dir).acquire()
+        try:
+            check_run_files(run_dir)
+            where = run_dir / "run.json"
+            info = check_info(read_info(run_dir), where, resumable=True)
+            cfg = config_from_info(info, where)
+            engine_cls = get_engine(info["engine"])
+            try:
+                cfg.engine = engine_cls.resolve_config(cfg.engine)
+            except (ValueError, TypeError) as e:
+                raise RunFormatError(f"{where}: config.engine: {e}") from None
+            from .export import ExportError, check_engine_size
 
-            dataset = [load_dataset(d["source"], size=d["size"], background=d.get("background") or cfg.background,
-                                    **_removal_options(d.get("background_removal")))
-                       for d in ds_infos]
-        datasets = list(dataset) if isinstance(dataset, (tuple, list)) else [dataset]
-        for want, got in zip(ds_infos, datasets):
-            if want["key"] != got.key:
-                raise TrainingError(f"dataset {want['name']!r} changed since the run started "
-                                    f"(content key {want['key']} -> {got.key}); resume needs the same images")
-        t = cls(info["engine"], datasets if len(datasets) > 1 else datasets[0], None, cfg, run_dir=run_dir,
-                progress=progress)
-        t._load_checkpoint(ck)
-        if t.writer:
-            dropped = t.writer.truncate_after(t.epoch)
-            t.writer.update_info(status="running", config=t.cfg.to_dict())
-            t.writer.log("event", t.epoch, t.step, event="resumed",
-                         message=f"resumed at epoch {t.epoch} step {t.step}; dropped {dropped} later log lines")
-            t.writer.append_log(f"resumed at epoch {t.epoch}, step {t.step}")
+            try:
+                check_engine_size(engine_cls, cfg.engine, cfg.image_size, training=True)
+            except ExportError as e:
+                raise RunFormatError(f"{where}: {e}") from None
+            ck = checkpoint_path(run_dir)
+            restart = not ck.is_file()
+            if restart and (info.get("epoch") or info.get("step") or cls._logged_epochs(run_dir)):
+                raise TrainingError(f"{run_dir} has no checkpoint to resume from ({ck} is missing) although it "
+                                    "trained past epoch 0; start a new run")
+            if epochs is not None:
+                cfg.epochs = int(epochs)
+            if max_hours is not None:
+                cfg.max_hours = float(max_hours)
+            ds_infos = info["dataset"] if isinstance(info["dataset"], list) else [info["dataset"]]
+            if dataset is None:
+                from .data import load_dataset
+
+                dataset = [load_dataset(d["source"], size=d["size"], background=d.get("background") or cfg.background,
+                                        **_removal_options(d.get("background_removal")))
+                           for d in ds_infos]
+            datasets = list(dataset) if isinstance(dataset, (tuple, list)) else [dataset]
+            for want, got in zip(ds_infos, datasets):
+                if want["key"] != got.key:
+                    raise TrainingError(f"dataset {want['name']!r} changed since the run started "
+                                        f"(content key {want['key']} -> {got.key}); resume needs the same images")
+            t = cls(info["engine"], datasets if len(datasets) > 1 else datasets[0], None, cfg, run_dir=run_dir,
+                    progress=progress, _lock=lock)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            if not restart:
+                t._load_checkpoint(ck)
+            if t.writer:
+                dropped = t.writer.truncate_after(t.epoch)
+                t.writer.update_info(status="running", config=t.cfg.to_dict())
+                notes = list(t.writer.truncate_notes)
+                if t.orphans_removed:
+                    notes.append(f"removed {len(t.orphans_removed)} temp file(s) left by a crash: "
+                                 f"{', '.join(t.orphans_removed)}")
+                if restart:
+                    msg = "no checkpoint yet (stopped before its first one): restarted in place from epoch 0"
+                else:
+                    msg = f"resumed at epoch {t.epoch} step {t.step}"
+                msg += f"; dropped {dropped} later log lines" + (f" ({'; '.join(notes)})" if notes else "")
+                t.writer.log("event", t.epoch, t.step, event="restarted" if restart else "resumed", message=msg)
+                t.writer.append_log(msg)
+        except BaseException:
+            t.close()
+            raise
         t._resumed = True
         return t
+
+    @staticmethod
+    def _logged_epochs(run_dir: Path) -> bool:
+        """Whether metrics.jsonl has a training line (then the run got past epoch 0)."""
+        from .runs import read_metrics
+
+        return bool(read_metrics(run_dir).train)
 
     # ---- checkpoints -------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -280,6 +406,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.is_main:
             return
+        if self.writer:
+            self.writer.sync()  # the lines up to this checkpoint are on disk before it is (docs/run-format.md)
         buf = io.BytesIO()
         torch.save(self._checkpoint_state(), buf)
         atomic_write_bytes(checkpoint_path(self.run_dir), buf.getvalue())
@@ -301,6 +429,8 @@ class Trainer:
             st = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as e:
             raise TrainingError(f"{path}: unreadable checkpoint ({e})") from e
+        if not isinstance(st, dict) or not isinstance(st.get("engine"), dict) or not isinstance(st.get("rng"), dict):
+            raise TrainingError(f"{path}: not a pokelab checkpoint (no engine state or RNG states)")
         self.engine.load_state_dict_full(st["engine"])
         self.epoch, self.step = int(st["epoch"]), int(st["step"])
         self.batch_in_epoch = int(st.get("batch_in_epoch", 0))
@@ -353,12 +483,22 @@ class Trainer:
         return [tuple(b[i] for b in per_domain) for i in range(self._steps_per_epoch())]
 
     def fit(self) -> Path:
+        """Train to ``cfg.epochs`` (or the budget, or a signal); the run's lock is held throughout and released
+        on every way out."""
+        self._own()
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> Path:
         cfg = self.cfg
         self._last_progress = self._clock()  # run.json is (re)written just below or by resume()
         if self.writer and not getattr(self, "_resumed", False):
             self.writer.write_info(self._run_info())
             self.writer.append_log(f"run {self.run_dir.name}: engine {self.engine_cls.name} on {self.device}, "
                                    f"{len(self.images[-1])} images at {cfg.image_size} px")
+        if self.writer and not checkpoint_path(self.run_dir).is_file():
             self.save_checkpoint()  # epoch 0: the NaN guard can always roll back to something
         old_handlers = self._install_signals()
         spe = self._steps_per_epoch()
@@ -572,6 +712,7 @@ class Trainer:
         if status == "aborted":
             status = "interrupted"
         if self.writer:
+            self.writer.sync()  # the run's last lines (an 'interrupted' event) survive a power cut too
             self.writer.update_info(status=status, epoch=self.epoch, step=self.step,
                                     wall_seconds=round(self.wall_seconds, 2), nan_rollbacks=self.nan_rollbacks)
             self.writer.append_log(f"status: {status}")

@@ -37,6 +37,10 @@ from .paths import is_inside
 #: gap between generated and real mean pairwise MS-SSIM that flags collapse; the same value as
 #: engines.metrics.msssim.COLLAPSE_MARGIN (not imported: that module imports torch)
 COLLAPSE_MARGIN = 0.1
+#: how much of a run's metrics.jsonl (and of stylegan2-ada's jsonl logs) the studio reads: a 1000-epoch pokelab
+#: run logs ~0.5 MB; a hostile or runaway 200 MB log cost 1.8 GB of memory. Past the cap the first
+#: METRICS_MAX_BYTES are read (streamed, line by line) and a warning says how much was left out.
+METRICS_MAX_BYTES = 32 * 2**20
 #: a run that says "running" but has written nothing for this long is shown as "running?"
 STALE_AFTER_S = 30 * 60
 #: D balance rule (docs/studio.md): overall D accuracy over the last window further than this from 0.5
@@ -421,7 +425,7 @@ def _load_pokelab(run: Run) -> None:
                              "so the output column) are unknown")
 
     try:
-        m = R.read_metrics(path)
+        m = R.read_metrics(path, max_bytes=METRICS_MAX_BYTES)
     except OSError as e:
         run.warnings.append(f"metrics.jsonl: unreadable ({e})")
         m = R.Metrics()
@@ -479,7 +483,7 @@ def _load_stylegan(run: Run) -> None:
     rows: list[dict[str, Any]] = []
     stats = path / "stats.jsonl"
     if stats.is_file():
-        recs, warns = R.read_jsonl(stats)
+        recs, warns = R.read_jsonl(stats, max_bytes=METRICS_MAX_BYTES)
         run.warnings += [w for w in warns if "partial last line" not in w]
         run.notes += [w for w in warns if "partial last line" in w]
         prev_kimg: float | None = 0.0
@@ -529,7 +533,7 @@ def _load_stylegan(run: Run) -> None:
 
     evals: dict[float, dict[str, Any]] = {}
     for mf in sorted(path.glob("metric-*.jsonl")):
-        recs, warns = R.read_jsonl(mf)
+        recs, warns = R.read_jsonl(mf, max_bytes=METRICS_MAX_BYTES)
         run.warnings += warns
         for rec in recs:
             snap = str(rec.get("snapshot_pkl") or "")
@@ -696,12 +700,18 @@ def summarize(run: Run) -> dict[str, Any]:
     status = run.status
     if status == "running" and any(_STALE_MARK in w for w in run.warnings):
         status = "running?"
+    group = fid_group(run)
+    collapsed, _ = last_collapse(run)
     return {
         "run": run.label, "tool": run.tool, "engine": run.engine, "kind": run.kind, "dataset": run.dataset,
         "status": status,
         "done": run.done, "planned": run.planned, "unit": run.x_unit,
         "progress": f"{fmt_x(run.done) or '–'} / {fmt_x(run.planned) or '?'} {run.x_unit}",
         "best FID": bf, "best FID at": bx, "last KID": kid, "last KID std": kid_std,
+        # what the best FID can be compared with (FidGroup): image size, samples of that evaluation
+        "size": group.size, "eval n": group.n, "FID group": group.label,
+        # the latest evaluation's collapse flag (None: not measured)
+        "collapse": collapsed,
         "img/s": throughput(run), "wall time": fmt_duration(run.wall_seconds),
         "samples": len(run.samples), "warnings": len(run.warnings), "path": str(run.path),
     }
@@ -709,7 +719,8 @@ def summarize(run: Run) -> dict[str, Any]:
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     cols = ["run", "tool", "engine", "kind", "dataset", "status", "done", "planned", "unit", "progress", "best FID",
-            "best FID at", "last KID", "last KID std", "img/s", "wall time", "samples", "warnings", "path"]
+            "best FID at", "last KID", "last KID std", "size", "eval n", "FID group", "collapse", "img/s", "wall time",
+            "samples", "warnings", "path"]
     return pd.DataFrame([summarize(r) for r in runs], columns=cols)
 
 
@@ -962,6 +973,103 @@ def eval_count(run: Run) -> int | None:
     return None
 
 
+# ---- what FID can be compared with: kind, image size, samples per evaluation ---------------------------
+#: FID is only comparable between evaluations of the same kind (a translation run's FID scores its outputs
+#: against the target set), at the same image size and with the same number of samples (FID is biased
+#: upwards below ~2048 samples, by an amount that depends on the set). KID is unbiased in the sample count but
+#: still depends on the kind and the image size; the figures keep both in the same panels.
+class FidGroup(NamedTuple):
+    kind: str
+    size: int | None
+    n: int | None
+
+    @property
+    def label(self) -> str:
+        size = f"{self.size} px" if self.size else "image size unknown"
+        n = f"n = {self.n:,}" if self.n else "sample count unknown"
+        return f"{self.kind} · {size} · {n}"
+
+    def sort_key(self) -> tuple:
+        return (KINDS.index(self.kind) if self.kind in KINDS else len(KINDS), self.kind, self.size is None,
+                self.size or 0, self.n is None, self.n or 0)
+
+
+def _fallback_count(run: Run) -> int | None:
+    """Samples per evaluation where a line does not say: config.eval_n, else the metric's name (fid50k_full)."""
+    cfg = run.info.get("config") if isinstance(run.info.get("config"), dict) else {}
+    n = cfg.get("eval_n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    for c in run.evals.columns:
+        mt = re.match(r"^fid(\d+)k", str(c))
+        if mt:
+            return int(mt.group(1)) * 1000
+    return None
+
+
+def eval_counts(run: Run) -> pd.Series:
+    """Samples of each evaluation (a float per row of ``run.evals``, NaN where unknown): the line's ``eval_n``,
+    else ``_fallback_count``. A run can mix counts (``pokelab eval RUN --log --n 2000`` after a 500-sample run)."""
+    fb = _fallback_count(run)
+    fill = float(fb) if fb else np.nan
+    if "eval_n" in run.evals.columns:
+        n = pd.to_numeric(run.evals["eval_n"], errors="coerce").astype(float)
+        n = n.where(n > 0).fillna(fill)
+    else:
+        n = pd.Series(fill, index=run.evals.index, dtype=float)
+    return n.reset_index(drop=True)
+
+
+def fid_group(run: Run) -> FidGroup:
+    """The group of a run's best FID (runs table, Compare): kind, image size and the sample count of the
+    evaluation that reached it (without a FID: of the latest evaluation)."""
+    _, bx = best_fid(run)
+    if bx is None:
+        return FidGroup(run.kind, image_size(run), eval_count(run))
+    at = eval_counts(run)[(run.evals["x"] == bx).to_numpy()]
+    n = at.iloc[0] if len(at) else np.nan
+    return FidGroup(run.kind, image_size(run), None if n != n else int(n))
+
+
+def fid_panels(runs: Iterable[Run], metrics: tuple[str, ...] = ("fid", "kid")) -> list[tuple[FidGroup, list[Run]]]:
+    """The runs that logged any of ``metrics``, split into FidGroups (ordered: kind, size, n; unknowns last). A run
+    whose evaluations used several sample counts appears in each of their groups, with only those evaluations
+    (a copy of the run whose ``evals`` are filtered). One figure per group never puts incomparable values on one
+    axis."""
+    groups: dict[FidGroup, list[Run]] = {}
+    for r in runs:
+        ev = r.evals
+        have = [m for m in metrics if m in ev.columns]
+        if not have or not len(ev):
+            continue
+        valid = ev[have].apply(pd.to_numeric, errors="coerce").notna().any(axis=1).to_numpy()
+        if not valid.any():
+            continue
+        ns = eval_counts(r).to_numpy()
+        size = image_size(r)
+        seen = []
+        for n in ns[valid]:
+            key = None if n != n else int(n)
+            if key not in seen:
+                seen.append(key)
+        for n in seen:
+            mask = np.isnan(ns) if n is None else (ns == n)
+            sub = r if mask.all() else replace(r, evals=ev[mask].reset_index(drop=True))
+            groups.setdefault(FidGroup(r.kind, size, n), []).append(sub)
+    return sorted(groups.items(), key=lambda kv: kv[0].sort_key())
+
+
+def fid_ranking(runs: Iterable[Run]) -> list[tuple[FidGroup, list[Run]]]:
+    """Runs with a FID ranked by best FID within their group (``fid_group``), largest group first: best FID
+    ranks runs only within a kind, image size and sample count."""
+    groups: dict[FidGroup, list[Run]] = {}
+    for r in runs:
+        if best_fid(r)[0] is not None:
+            groups.setdefault(fid_group(r), []).append(r)
+    ranked = [(g, sorted(rs, key=lambda r: best_fid(r)[0])) for g, rs in groups.items()]
+    return sorted(ranked, key=lambda gr: (-len(gr[1]), gr[0].sort_key()))
+
+
 # ---- judging -------------------------------------------------------------------------------------
 def collapse_points(run: Run) -> tuple[list[float], str]:
     """x values where mode collapse was flagged, and where the flag came from ('logged', 'derived', '')."""
@@ -974,6 +1082,25 @@ def collapse_points(run: Run) -> tuple[list[float], str]:
         r = pd.to_numeric(ev["ms_ssim/real"], errors="coerce")
         return [float(x) for x in ev.loc[f > r + COLLAPSE_MARGIN, "x"]], "derived"
     return [], ""
+
+
+def last_collapse(run: Run) -> tuple[bool | None, float | None]:
+    """The collapse flag of the latest evaluation that measured it (the logged flag, else derived from MS-SSIM
+    as ``collapse_points`` does) and that evaluation's x; (None, None) when no evaluation measured it."""
+    ev = run.evals
+    if "collapse" in ev.columns:
+        flag = pd.to_numeric(ev["collapse"], errors="coerce")
+    elif {"ms_ssim/fake", "ms_ssim/real"} <= set(ev.columns):
+        f = pd.to_numeric(ev["ms_ssim/fake"], errors="coerce")
+        r = pd.to_numeric(ev["ms_ssim/real"], errors="coerce")
+        flag = (f > r + COLLAPSE_MARGIN).astype(float).where(f.notna() & r.notna())
+    else:
+        return None, None
+    known = flag[flag.notna()]
+    if not len(known):
+        return None, None
+    i = known.index[-1]
+    return bool(known.iloc[-1] > 0.5), float(ev.loc[i, "x"])
 
 
 def d_balance(run: Run, frac: float = 0.1, min_points: int = 5, max_points: int = 50) -> dict[str, Any] | None:
@@ -1142,11 +1269,24 @@ def _lpips_verdict(run: Run) -> dict[str, str] | None:
 def _baseline_verdict(run: Run) -> dict[str, str] | None:
     """The outputs' FID against the untranslated inputs' FID (``fid_input``, the same target set and sample
     count): a translator whose outputs look less like the target domain than its inputs did has made things
-    worse, whatever the absolute level."""
+    worse, whatever the absolute level. Both from the same evaluation (the latest that logged both). A run
+    with a FID but no ``fid_input`` (evaluated before the key existed) gets "baseline unknown" and the command
+    that adds it: the studio never imports torch, so it cannot compute it on demand."""
     f, fx = last_value(run, "evals", "fid")
-    base, _ = last_value(run, "evals", "fid_input")
-    if f is None or base is None:
+    if f is None:
         return None
+    ev = run.evals
+    both = pd.DataFrame()
+    if "fid_input" in ev.columns:
+        both = ev[["x", "fid", "fid_input"]].apply(pd.to_numeric, errors="coerce").dropna()
+    if not len(both):
+        return {"topic": "vs. doing nothing", "level": "info",
+                "text": f"baseline unknown: this run's evaluations did not log fid_input (the untranslated inputs' "
+                        f"FID against the same target set, with the same samples), so the outputs' FID {f:.1f} at "
+                        f"{run.x_unit} {fmt_x(fx)} cannot be told from what doing nothing scores. Add it with "
+                        f"`pokelab eval {run.path} --log` once the run has stopped (an evaluation of the final "
+                        f"export at its last epoch, logged with fid_input)"}
+    f, fx, base = float(both["fid"].iloc[-1]), float(both["x"].iloc[-1]), float(both["fid_input"].iloc[-1])
     better = f < base
     return {"topic": "vs. doing nothing", "level": "ok" if better else "warn",
             "text": f"FID of the outputs {f:.1f} at {run.x_unit} {fmt_x(fx)}, of the untranslated inputs {base:.1f}"
@@ -1159,23 +1299,41 @@ def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str
     {"error": why}) and cycle and LPIPS lines are added. Each: {topic, level (ok|warn|info), text}."""
     u = run.x_unit
     out: list[dict[str, str]] = []
+    pts, src = collapse_points(run)
+    kept = _input_kept_verdict(run, grid_check) if run.translate and not src else None
+    baseline = _baseline_verdict(run) if run.translate else None
     bf, bx = best_fid(run)
     if bf is None:
         out.append({"topic": "FID", "level": "info", "text": "no FID logged"})
     else:
         last, lx = last_value(run, "evals", "fid")
         if lx == bx:
-            out.append({"topic": "FID", "level": "ok",
-                        "text": f"best FID {bf:.2f} at {u} {fmt_x(bx)}, the latest evaluation (may still improve)"})
+            level, text = "ok", f"best FID {bf:.2f} at {u} {fmt_x(bx)}, the latest evaluation (may still improve)"
         else:
             rise = (last - bf) / bf * 100 if bf else float("nan")
             level = "warn" if rise > 10 else "ok"
-            out.append({"topic": "FID", "level": level,
-                        "text": f"best FID {bf:.2f} at {u} {fmt_x(bx)}; last {last:.2f} at {u} {fmt_x(lx)} "
-                                f"({rise:+.0f}% from the best)"})
-    pts, src = collapse_points(run)
-    if run.translate and not src:
-        out.append(_input_kept_verdict(run, grid_check))
+            text = f"best FID {bf:.2f} at {u} {fmt_x(bx)}; last {last:.2f} at {u} {fmt_x(lx)} ({rise:+.0f}% from the best)"
+        # a collapsed generator is never a ✓, however its FID looks
+        flagged_last, cx = last_collapse(run)
+        where = [w for w, hit in ((f"the best-FID evaluation ({u} {fmt_x(bx)})", bx in pts),
+                                  (f"the latest evaluation that measured it ({u} {fmt_x(cx)})",
+                                   bool(flagged_last) and cx != bx)) if hit]
+        if where:
+            level = "warn"
+            text += (f" — but mode collapse is flagged at {' and at '.join(where)}: the FID of a collapsed "
+                     f"generator does not make a good run")
+        elif kept is not None and kept["level"] == "warn":
+            level = "warn"
+            text += " — but the outputs do not follow their inputs (input kept, below): the translator may ignore them"
+        elif baseline is not None and baseline["level"] == "warn":
+            level = "warn"
+            text += " — but no better than the untranslated inputs score (vs. doing nothing, below)"
+        elif baseline is not None and baseline["level"] == "info" and level == "ok":
+            level = "info"
+            text += " (no do-nothing baseline to judge its level by: see below)"
+        out.append({"topic": "FID", "level": level, "text": text})
+    if kept is not None:
+        out.append(kept)
     elif not src:
         out.append({"topic": "collapse", "level": "info", "text": "no diversity metric logged (MS-SSIM)"})
     elif not pts:
@@ -1201,7 +1359,7 @@ def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str
         }[b["state"]]
         out.append({"topic": "D balance", "level": "ok" if b["state"] == "balanced" else "warn", "text": text})
     if run.translate:
-        out += [v for v in (_cycle_verdict(run), _lpips_verdict(run), _baseline_verdict(run)) if v is not None]
+        out += [v for v in (_cycle_verdict(run), _lpips_verdict(run), baseline) if v is not None]
     return out
 
 
