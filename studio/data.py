@@ -1312,7 +1312,8 @@ def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str
         else:
             rise = (last - bf) / bf * 100 if bf else float("nan")
             level = "warn" if rise > 10 else "ok"
-            text = f"best FID {bf:.2f} at {u} {fmt_x(bx)}; last {last:.2f} at {u} {fmt_x(lx)} ({rise:+.0f}% from the best)"
+            text = (f"best FID {bf:.2f} at {u} {fmt_x(bx)}; last {last:.2f} at {u} {fmt_x(lx)} "
+                    f"({rise:+.0f}% from the best)")
         # a collapsed generator is never a ✓, however its FID looks
         flagged_last, cx = last_collapse(run)
         where = [w for w, hit in ((f"the best-FID evaluation ({u} {fmt_x(bx)})", bx in pts),
@@ -1324,7 +1325,8 @@ def verdict(run: Run, grid_check: dict[str, Any] | None = None) -> list[dict[str
                      f"generator does not make a good run")
         elif kept is not None and kept["level"] == "warn":
             level = "warn"
-            text += " — but the outputs do not follow their inputs (input kept, below): the translator may ignore them"
+            text += (" — but the outputs do not follow their inputs (input kept, below): the translator may "
+                     "ignore them")
         elif baseline is not None and baseline["level"] == "warn":
             level = "warn"
             text += " — but no better than the untranslated inputs score (vs. doing nothing, below)"

@@ -132,7 +132,7 @@ def write_pokelab_run(dest: Path, run_id: str, engine: str, epochs_planned: int,
                       grid_n: int = 16, art: list[np.ndarray] | None = None, fid: tuple = (280.0, 60.0, 40.0),
                       rise_after: float | None = None, collapse_after: float | None = None,
                       partial_tail: bool = False, extra_losses: tuple[str, ...] = (), d_acc_end: float = 0.62,
-                      events: list[dict] | None = None, dataset_count: int = 649) -> Path:
+                      events: list[dict] | None = None, dataset_count: int = 649, eval_n: int = 2000) -> Path:
     rng = np.random.default_rng(seed)
     d = dest / run_id
     (d / "samples").mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def write_pokelab_run(dest: Path, run_id: str, engine: str, epochs_planned: int,
     info = {
         "run_id": run_id, "engine": engine, "kind": "generate", "status": status,
         "config": {"image_size": tile, "batch_size": 64, "epochs": epochs_planned, "seed": seed,
-                   "sample_every": sample_every, "eval_every": eval_every, "grid_n": grid_n},
+                   "sample_every": sample_every, "eval_every": eval_every, "grid_n": grid_n, "eval_n": eval_n},
         "dataset": {"name": "pokemon", "key": "demo0123456789ab", "count": dataset_count, "size": tile},
         "device": "cuda:0 (NVIDIA H100 80GB HBM3)", "amp": "bfloat16",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
@@ -161,7 +161,7 @@ def write_pokelab_run(dest: Path, run_id: str, engine: str, epochs_planned: int,
         rec = {"kind": "eval", "epoch": int(e), "step": int(e) * 11, "time": round(t0 + e * 12.5 + 3, 3),
                "fid": float(fv), "kid": float(max(0.002, fv / 1000 * (1 + rng.normal(0, 0.05)))),
                "kid_std": float(fv / 12000 + 0.001), "ms_ssim/fake": float(ms_fake), "ms_ssim/real": ms_real,
-               "collapse": int(ms_fake > ms_real + 0.1), "eval_seconds": 41.3, "n_fake": 2000}
+               "collapse": int(ms_fake > ms_real + 0.1), "eval_seconds": 41.3, "eval_n": eval_n}
         evals.append(rec)
     allrec = sorted(lines + evals, key=lambda r: (r["epoch"], r["kind"] != "train"))
     for ev in events or []:
@@ -222,6 +222,8 @@ def _translation_lines(epochs_planned: int, epochs_done: int, eval_every: int, r
             "kind": "eval", "epoch": int(e), "step": int(e) * steps_per_epoch, "time": round(t0 + e * 30.0 + 3, 3),
             "fid": float(fv), "kid": float(max(0.002, fv / 1100 * (1 + rng.normal(0, 0.05)))),
             "kid_std": float(fv / 14000 + 0.001),
+            # the untranslated inputs against the same target set (the do-nothing baseline): the same every time
+            "fid_input": 170.0, "kid_input": 0.16,
             # near-identity early (cycle and identity losses win first), moving away as the style changes
             "lpips/content": float(0.33 - 0.16 * math.exp(-e / 40) + rng.normal(0, 0.006)),
             "lpips/target": float(0.40 + 0.13 * math.exp(-e / 50) + rng.normal(0, 0.006)), "paired_n": eval_n,
@@ -412,7 +414,9 @@ def write_demo(dest: str | Path, images_dir: str | Path | None = None, tile: int
     runs_dir = dest / "runs"
     out = [
         write_pokelab_run(runs_dir, "20250301-101500-dcgan-pokemon", "dcgan", 200, 200, "finished", seed=1,
-                          art=art, tile=tile, fid=(290.0, 78.0, 35.0), rise_after=150, d_acc_end=0.86),
+                          art=art, tile=tile, fid=(290.0, 78.0, 35.0), rise_after=150, d_acc_end=0.86,
+                          events=[{"epoch": 80, "event": "interrupted", "message": "SIGTERM: checkpoint written"},
+                                  {"epoch": 80, "event": "resumed", "message": "resumed from epoch 80"}]),
         write_pokelab_run(runs_dir, "20250302-081000-wgan_gp-pokemon", "wgan_gp", 300, 130, "running", seed=2,
                           art=art, tile=tile, fid=(300.0, 55.0, 45.0), partial_tail=True, d_acc_end=0.55,
                           events=[{"epoch": 60, "event": "nan_rollback",

@@ -27,6 +27,11 @@ UNIT_HOVER = {"hours": ":.3f"}
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 EVENT_MARKS = {"nan_rollback": "NaN rollback", "resumed": "resumed", "interrupted": "interrupted",
                "nan_stop": "NaN stop", "error": "error", "init_done": "init phase over"}
+#: the y scales of loss figures: as logged, log axis, or each run's curve divided by its own median |value|
+#: (so a run whose losses sit at 2500 does not flatten the others)
+LOSS_SCALES = {"linear": "as logged", "log": "log scale", "run": "per run (÷ its median)"}
+#: runs whose typical loss magnitudes differ by more than this factor: the page suggests another scale
+LOSS_SPREAD_HINT = 30.0
 
 
 class Curve(NamedTuple):
@@ -163,9 +168,10 @@ def fid_figure(runs: list[Run], colours: dict[str, str], metric: str = "fid", ti
     return fig
 
 
-def kid_figure(runs: list[Run], colours: dict[str, str], axis: str | None = None) -> go.Figure:
+def kid_figure(runs: list[Run], colours: dict[str, str], axis: str | None = None,
+               title: str = "KID (lower is better; band: ± 1 std over subsets)") -> go.Figure:
     """KID per run, with a +-1 std band where the run logged ``kid_std`` (band + line = 2 traces)."""
-    fig, ids = _base("KID (lower is better; band: ± 1 std over subsets)", "KID", runs, axis=axis)
+    fig, ids = _base(title, "KID", runs, axis=axis)
     for r in runs:
         s = _series(r, "evals", "kid")
         if s is None:
@@ -191,30 +197,84 @@ def kid_figure(runs: list[Run], colours: dict[str, str], axis: str | None = None
     return fig
 
 
+def typical_scale(values: np.ndarray) -> float:
+    """What a curve is divided by on the "per run" scale: the median of its |values| (robust to spikes); the
+    largest |value| where that is 0; 1 for an all-zero curve."""
+    a = np.abs(np.asarray(values, dtype=float))
+    a = a[np.isfinite(a)]
+    if not len(a):
+        return 1.0
+    med = float(np.median(a))
+    return med if med > 0 else (float(a.max()) or 1.0)
+
+
+def loss_spread(runs: Iterable[Run], keys: list[str]) -> tuple[float, Run | None]:
+    """How far apart the runs' typical loss magnitudes are: max / min over runs of the median |value| of their
+    chosen ``loss/*`` curves (the largest curve per run), and the run with the largest. (1.0, None) for fewer than
+    two runs with losses."""
+    per: list[tuple[float, Run]] = []
+    for r in runs:
+        mags = [typical_scale(s.to_numpy()) for k in keys if (s := _series(r, "train", k)) is not None]
+        if mags:
+            per.append((max(mags), r))
+    if len(per) < 2:
+        return 1.0, None
+    lo, hi = min(per, key=lambda t: t[0]), max(per, key=lambda t: t[0])
+    return (hi[0] / lo[0] if lo[0] > 0 else float("inf")), hi[1]
+
+
 def curves_figure(runs: list[Run], colours: dict[str, str], curves: list[Curve], title: str, ytitle: str,
                   smoothing: float = 0.0, raw_faint: bool = True, show_events: bool = False, height: int = 380,
-                  empty: str = "nothing logged", style_note: bool = True, axis: str | None = None) -> go.Figure:
+                  empty: str = "nothing logged", style_note: bool = True, axis: str | None = None,
+                  yscale: str = "linear") -> go.Figure:
     """Several series per run (colour: run, dash: which series). With smoothing > 0 train series are EMA-smoothed
-    and, with ``raw_faint``, the raw curve stays as a faint line under the smoothed one (2 traces per curve)."""
+    and, with ``raw_faint``, the raw curve stays as a faint line under the smoothed one (2 traces per curve).
+    ``yscale`` (LOSS_SCALES): "linear"; "log" (a log y axis; values <= 0 cannot be drawn there and are left out,
+    with a note); "run" (each run's curve divided by its own median |value|, ``typical_scale``; the hover shows
+    the logged value too)."""
+    if yscale not in LOSS_SCALES:
+        raise ValueError(f"unknown y scale {yscale!r} ({', '.join(LOSS_SCALES)})")
+    if yscale == "run":
+        ytitle = f"{ytitle} ÷ the run's median |{ytitle}|"
     fig, ids = _base(title, ytitle, runs, height=height, axis=axis)
+    dropped = 0
     for r in runs:
         c = colours.get(r.key, "#444")
         for cv in curves:
             s = _series(r, cv.frame, cv.key)
             if s is None:
                 continue
+            raw = s.to_numpy(dtype=float)
+            div = typical_scale(raw) if yscale == "run" else 1.0
             smooth = smoothing > 0 and cv.frame == "train"
+            shown = ema(raw, smoothing) if smooth else raw
+            faint = raw / div
+            y = shown / div
+            if yscale == "log":
+                dropped += int(np.sum(raw <= 0))
+                faint = np.where(faint > 0, faint, np.nan)
+                y = np.where(y > 0, y, np.nan)
             if smooth and raw_faint:
-                fig.add_trace(go.Scatter(x=s.index, y=s.to_numpy(), mode="lines", xaxis=_xref(ids, r),
+                fig.add_trace(go.Scatter(x=s.index, y=faint, mode="lines", xaxis=_xref(ids, r),
                                          line={"color": _rgba(c, 0.25), "width": 1, "dash": cv.dash},
                                          legendgroup=r.key, showlegend=False, hoverinfo="skip",
                                          name=f"{r.label} · {cv.label} (raw)"))
-            y = ema(s.to_numpy(), smoothing) if smooth else s.to_numpy()
+            extra = {}
+            hover = f"{r.label} · {cv.label}<br>{_xh(r)}<br>%{{y:.4f}}"
+            if yscale == "run":
+                extra["customdata"] = shown
+                hover = (f"{r.label} · {cv.label}<br>{_xh(r)}<br>%{{y:.3f}} × its median |value| {div:.4g}"
+                         f"<br>as logged %{{customdata:.4g}}")
             fig.add_trace(go.Scatter(x=s.index, y=y, mode="lines" if cv.frame == "train" else "lines+markers",
                                      name=cv.label, xaxis=_xref(ids, r), **_group(fig, r),
                                      line={"color": c, "dash": cv.dash, "width": 2}, marker={"size": 6},
-                                     hovertemplate=f"{r.label} · {cv.label}<br>{_xh(r)}<br>%{{y:.4f}}"
-                                                   f"<extra></extra>"))
+                                     hovertemplate=hover + "<extra></extra>", **extra))
+    if yscale == "log":
+        fig.update_yaxes(type="log")
+        if dropped:
+            fig.add_annotation(text=f"{dropped} value(s) ≤ 0 cannot be drawn on a log scale: left out",
+                               xref="paper", yref="paper", x=1, y=0, xanchor="right", yanchor="bottom",
+                               showarrow=False, font={"size": 11, "color": "#b45309"})
     if show_events:
         _mark_events(fig, runs, ids, colours)
     if not fig.data:
@@ -229,26 +289,35 @@ def _short(key: str) -> str:
 
 
 def loss_figure(runs: list[Run], colours: dict[str, str], keys: list[str] | None = None,
-                smoothing: float = 0.0, show_events: bool = True, axis: str | None = None) -> go.Figure:
+                smoothing: float = 0.0, show_events: bool = True, axis: str | None = None,
+                yscale: str = "linear") -> go.Figure:
     """Every chosen ``loss/*`` of every run (colour: run, dash: which loss). With smoothing > 0 the raw
-    curve stays as a faint line under the smoothed one (2 traces per curve)."""
+    curve stays as a faint line under the smoothed one (2 traces per curve). ``yscale``: LOSS_SCALES."""
+    if yscale not in LOSS_SCALES:
+        raise ValueError(f"unknown y scale {yscale!r} ({', '.join(LOSS_SCALES)})")
     keys = loss_keys(runs) if keys is None else keys
-    title = "Losses" + (f" (EMA smoothing {smoothing:.2f}; raw curves faint)" if smoothing > 0 else "")
+    parts = [f"EMA smoothing {smoothing:.2f}; raw curves faint"] if smoothing > 0 else []
+    if yscale != "linear":
+        parts.insert(0, {"log": "log scale", "run": "each run ÷ its median"}[yscale])
+    title = "Losses" + (f" ({'; '.join(parts)})" if parts else "")
     curves = [Curve("train", key, _short(key), DASHES[k % len(DASHES)]) for k, key in enumerate(keys)]
     return curves_figure(runs, colours, curves, title, "loss", smoothing, show_events=show_events, height=420,
-                         empty="no losses logged", style_note=len(keys) > 1, axis=axis)
+                         empty="no losses logged", style_note=len(keys) > 1, axis=axis, yscale=yscale)
 
 
 def translation_figure(runs: list[Run], colours: dict[str, str], pair: Pair, smoothing: float = 0.0,
-                       axis: str | None = None) -> go.Figure:
+                       axis: str | None = None, yscale: str = "linear") -> go.Figure:
     """A per-direction pair of a translation run (``studio.data.TRANSLATION_PAIRS``): A→B solid, B→A dashed,
     eval series of the pair dotted with markers."""
+    if yscale not in LOSS_SCALES:
+        raise ValueError(f"unknown y scale {yscale!r} ({', '.join(LOSS_SCALES)})")
     (ka, la), (kb, lb) = pair.ab, pair.ba
     curves = [Curve("train", ka, la, "solid"), Curve("train", kb, lb, "dash")]
     curves += [Curve("evals", k, label, "dot") for k, label in pair.evals]
-    title = pair.title + (f" — EMA {smoothing:.2f}" if smoothing > 0 else "")
+    title = pair.title + (f" — EMA {smoothing:.2f}" if smoothing > 0 else "") + \
+        {"linear": "", "log": " — log scale", "run": " — each run ÷ its median"}[yscale]
     return curves_figure(runs, colours, curves, title, "loss", smoothing, show_events=True, height=360,
-                         empty=f"no run logged {_short(ka)} or {_short(kb)}", axis=axis)
+                         empty=f"no run logged {_short(ka)} or {_short(kb)}", axis=axis, yscale=yscale)
 
 
 def _group(fig: go.Figure, run: Run) -> dict:
@@ -260,14 +329,51 @@ def _group(fig: go.Figure, run: Run) -> dict:
     return out
 
 
+class EventMark(NamedTuple):
+    """One vertical line: every marked event of the figure's runs at one x on one x axis."""
+    xref: str
+    x: float
+    label: str          # the distinct event names, "interrupted + resumed", with "×n" where one repeats
+    runs: tuple[str, ...]  # keys of the runs with events there
+    count: int          # events merged into this line
+
+
+def event_marks(runs: list[Run], ids: dict[str, str]) -> list[EventMark]:
+    """The events worth a line (EVENT_MARKS), merged per distinct x and axis: a resume logs "interrupted" and
+    "resumed" at the same epoch, repeated resumes log it again, and several runs may share an epoch — one line
+    each, not a pile of overlapping lines and labels. Ordered by axis, then x."""
+    merged: dict[tuple[str, float], dict] = {}
+    for r in runs:
+        for e in r.events:
+            name, x = e.get("event"), e.get("x")
+            if name not in EVENT_MARKS or x is None or x != x:
+                continue
+            m = merged.setdefault((_xref(ids, r), float(x)), {"names": {}, "runs": []})
+            m["names"][EVENT_MARKS[name]] = m["names"].get(EVENT_MARKS[name], 0) + 1
+            if r.key not in m["runs"]:
+                m["runs"].append(r.key)
+    out = []
+    for (xref, x), m in sorted(merged.items()):
+        label = " + ".join(n + (f" ×{k}" if k > 1 else "") for n, k in m["names"].items())
+        out.append(EventMark(xref, x, label, tuple(m["runs"]), sum(m["names"].values())))
+    return out
+
+
 def _mark_events(fig: go.Figure, runs: list[Run], ids: dict[str, str], colours: dict[str, str],
                  limit: int = 12) -> None:
-    """Dotted vertical lines where a run logged a rollback, resume or interruption (shapes, not traces)."""
-    marks = [(r, e) for r in runs for e in r.events if e.get("event") in EVENT_MARKS and e.get("x") is not None]
-    for r, e in marks[:limit]:
-        fig.add_vline(x=e["x"], line={"color": colours.get(r.key, "#999"), "dash": "dot", "width": 1},
-                      xref=_xref(ids, r), annotation_text=EVENT_MARKS[e["event"]], annotation_textangle=-90,
+    """Dotted vertical lines where runs logged a rollback, resume or interruption (shapes, not traces): one per
+    distinct x (``event_marks``), in the run's colour (grey where several runs share it); beyond ``limit``
+    lines a note says how many were left out (every event is listed in Run details)."""
+    marks = event_marks(runs, ids)
+    for m in marks[:limit]:
+        colour = colours.get(m.runs[0], "#999") if len(m.runs) == 1 else "#888"
+        fig.add_vline(x=m.x, line={"color": colour, "dash": "dot", "width": 1}, xref=m.xref,
+                      annotation_text=m.label, annotation_textangle=-90,
                       annotation_font={"size": 10, "color": "#666"}, annotation_position="top left")
+    if len(marks) > limit:
+        fig.add_annotation(text=f"+{len(marks) - limit} more event line(s) not drawn (Run details lists them)",
+                           xref="paper", yref="paper", x=1, y=1, xanchor="right", yanchor="top", showarrow=False,
+                           font={"size": 10, "color": "#666"})
 
 
 def dacc_figure(runs: list[Run], colours: dict[str, str], smoothing: float = 0.0,

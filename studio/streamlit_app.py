@@ -40,7 +40,9 @@ LEVEL_ICON = {"ok": ":green[✓]", "warn": ":orange[⚠]", "info": ":gray[ℹ]"}
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="streamlit run studio --", add_help=False)
     ap.add_argument("--runs", nargs="+", action="extend", default=[], help="run folders (roots) to read")
-    ap.add_argument("--review-db", default=None, help="review database (default: $POKELAB_REVIEW_DB or runs/review.sqlite, as the app)")
+    ap.add_argument("--review-db", default=None,
+                    help="review database (default: $POKELAB_REVIEW_DB, else the repository's runs/review.sqlite, "
+                         "as the app)")
     ap.add_argument("--lock-roots", action="store_true", help="hide the sidebar field that adds folders")
     ap.add_argument("--refresh", type=float, default=10.0, help="auto-refresh period in seconds")
     ap.add_argument("--no-defaults", action="store_true", help="do not add checkpoints/ and ./runs")
@@ -64,11 +66,20 @@ def init_state(args: argparse.Namespace) -> None:
         ss.roots_text = "\n".join(str(r) for r in seen)
         ss.cli_roots = [str(r) for r in PA.parse_roots(args.runs)]
     if "review_db" not in ss:
-        ss.review_db = str(Path(args.review_db or RV.default_path()).expanduser().resolve())
-        ss.cli_review_dir = str(Path(ss.review_db).parent) if args.review_db else None
+        ss.review_db = str(default_review_db(args.review_db))
+        # the folder of the database given (or of the default one) may be read besides the roots
+        ss.cli_review_dir = str(Path(ss.review_db).parent)
     ss.setdefault("computed_div", {})
     ss.setdefault("computed_div_ref", {})  # translation runs: SSIM among the grid's inputs (reference)
     ss.setdefault("gif", {})
+
+
+def default_review_db(given: str | None = None) -> Path:
+    """The review database: ``--review-db``, else $POKELAB_REVIEW_DB (relative paths from the working directory),
+    else the repository's ``runs/review.sqlite`` — the file the app writes by default (app.appconfig's
+    DEFAULT_REVIEW_DB), wherever the studio is started from."""
+    p = given or os.environ.get("POKELAB_REVIEW_DB")
+    return Path(p).expanduser().resolve() if p else (_REPO / RV.DEFAULT_PATH).resolve()
 
 
 # ---- cached loading ----------------------------------------------------------------------------------
@@ -139,6 +150,56 @@ def _dataframe(df, **kw) -> None:
         st.dataframe(df, **kw)
 
 
+#: the runs table's columns, in order: the judging columns (best FID and what it compares with) come first, so
+#: they are on screen at any window width (tests/test_studio_honesty.py)
+RUNS_COLUMNS = ["run", "engine", "kind", "best FID", "best FID at", "size", "eval n", "collapse", "status", "progress",
+                "completion", "last KID", "dataset", "img/s", "wall time", "samples", "warnings"]
+#: fixed pixel widths. The run id is pinned (it stays while the table scrolls sideways; a longer id ends in "…", the
+#: whole id is in Run details). At a 1500 px window the table is about 1040 px wide (sidebar ~300 px, page
+#: padding), so the columns up to "collapse" must fit in RUNS_TABLE_BUDGET
+RUNS_WIDTHS = {"run": 400, "engine": 110, "kind": 80, "best FID": 80, "best FID at": 90, "size": 60, "eval n": 70,
+               "collapse": 90, "status": 110, "progress": 130, "completion": 90}
+RUNS_TABLE_BUDGET = 1000
+
+
+def collapse_text(v) -> str:
+    """The runs table's collapse cell: the latest evaluation's flag."""
+    return "" if v is None or v != v else ("⚠ yes" if v else "no")
+
+
+def runs_column_config() -> dict:
+    w = RUNS_WIDTHS
+    cfg = {
+        "run": st.column_config.TextColumn("run", width=w["run"], help="run id (the whole id is in Run details)"),
+        "engine": st.column_config.TextColumn("engine", width=w["engine"]),
+        "kind": st.column_config.TextColumn("kind", width=w["kind"]),
+        "best FID": st.column_config.NumberColumn("best FID", format="%.2f", width=w["best FID"],
+                                                  help="lowest FID logged; compare only within one kind, size and "
+                                                       "eval n"),
+        "best FID at": st.column_config.NumberColumn("best FID at", format="%g", width=w["best FID at"]),
+        "size": st.column_config.NumberColumn("size", format="%d px", width=w["size"], help="training image size"),
+        "eval n": st.column_config.NumberColumn("eval n", format="%d", width=w["eval n"],
+                                                help="samples in the evaluation that gave the best FID"),
+        "collapse": st.column_config.TextColumn("collapse", width=w["collapse"],
+                                                help="mode collapse flagged at the latest evaluation that measured it "
+                                                     "(MS-SSIM of samples above the real images'); blank: not "
+                                                     "measured (translation runs: the input-kept verdict)"),
+        "status": st.column_config.TextColumn("status", width=w["status"]),
+        "progress": st.column_config.TextColumn("progress", width=w["progress"]),
+        "last KID": st.column_config.NumberColumn(format="%.4f"),
+        "img/s": st.column_config.NumberColumn(format="%.0f"),
+        "completion": st.column_config.ProgressColumn("done", min_value=0.0, max_value=1.0, format="percent",
+                                                      width=w["completion"]),
+        "warnings": st.column_config.NumberColumn("⚠", help="problems found while reading the run", width="small"),
+        "samples": st.column_config.NumberColumn("grids", width="small"),
+    }
+    try:  # pinned columns: Streamlit >= 1.42
+        cfg["run"] = st.column_config.TextColumn("run", width=w["run"], help=cfg["run"]["help"], pinned=True)
+    except TypeError:
+        pass
+    return cfg
+
+
 def run_label(runs_by_key: dict[str, D.Run]):
     return lambda k: runs_by_key[k].label if k in runs_by_key else k
 
@@ -205,6 +266,56 @@ def runs_on_axis(chosen: list[D.Run], axis: str) -> list[D.Run]:
     return shown
 
 
+def loss_scale_choice(key: str, container=None) -> str:
+    """The y scale of the loss figures (studio.plots.LOSS_SCALES)."""
+    return (container or st).radio(
+        "Loss scale", list(P.LOSS_SCALES), format_func=P.LOSS_SCALES.get, horizontal=True, key=key,
+        help="As logged; a log axis (values ≤ 0 cannot be drawn there); or each run's curve divided by its own "
+             "median |value|, so a run whose losses sit at 2500 does not flatten the others (the hover shows the "
+             "logged value).")
+
+
+def loss_scale_hint(runs: list[D.Run], keys: list[str], yscale: str) -> None:
+    """A caption when the runs' losses differ so much in size that the linear scale flattens some of them."""
+    spread, big = P.loss_spread(runs, keys)
+    if yscale == "linear" and big is not None and spread >= P.LOSS_SPREAD_HINT:
+        st.caption(f"⚠ The runs' losses differ in size by about {spread:,.0f}× (largest: **{big.label}**): on this "
+                   "scale the others look flat — pick **per run** or **log scale** above.")
+
+
+FID_HELP = ("FID and KID are drawn in one panel per **kind · image size · samples per evaluation** ({n} panels): FID "
+            "is biased upwards with fewer samples (by an amount that depends on the set) and changes with the image "
+            "size, and a translation run's FID scores its outputs against the target set, not generated samples — "
+            "values from different panels are not comparable. KID is unbiased in the sample count but still depends "
+            "on the kind and the size, so it is split the same way.")
+
+
+def fid_kid_panels(shown: list[D.Run], colours: dict[str, str], axis: str, fid_key: str, kid_key: str) -> None:
+    """FID and KID side by side, one row per FidGroup (studio.data.fid_panels); keys ``fid_key``, ``kid_key`` for
+    the first group, then ``_2``, ``_3``, ... A caption says why there are several."""
+    panels = D.fid_panels(shown)
+    if len(panels) > 1:
+        st.caption(FID_HELP.format(n=len(panels)))
+        counts: dict[str, list[str]] = {}
+        for g, rs in panels:
+            for r in rs:
+                counts.setdefault(r.key, []).append(f"{g.n:,}" if g.n else "unknown")
+        for r in shown:
+            if len(counts.get(r.key, [])) > 1:
+                st.caption(f"⚠ **{r.label}** was evaluated with several sample counts ({', '.join(counts[r.key])}): "
+                           "each panel shows its evaluations with that count.")
+    for i, (g, rs) in enumerate(panels or [(None, shown)]):
+        sfx = "" if i == 0 else f"_{i + 1}"
+        tail = f" — {g.label}" if g is not None else ""
+        a, b = st.columns(2)
+        with a:
+            st.plotly_chart(P.fid_figure(rs, colours, axis=axis, title="FID (lower is better)" + tail),
+                            key=fid_key + sfx)
+        with b:
+            st.plotly_chart(P.kid_figure(rs, colours, axis=axis, title="KID (lower is better; band ± 1 std)" + tail),
+                            key=kid_key + sfx)
+
+
 def grid_check(run: D.Run, roots: list[Path], sample: tuple[float, Path] | None = None) -> dict | None:
     """The input-kept test (studio.grids.translation_check) of a translation run's latest grid, or of
     ``sample``; {"error": why} when the grid cannot be used; None for other runs or without grids."""
@@ -225,7 +336,7 @@ def verdict_block(run: D.Run, roots: list[Path]) -> None:
 
 
 def translation_section(chosen: list[D.Run], colours: dict[str, str], smoothing: float, prefix: str,
-                        axis: str | None = None) -> None:
+                        axis: str | None = None, yscale: str = "linear") -> None:
     """Per-direction losses, cycle consistency and the translation eval metrics of the chosen translation runs
     (nothing when none is one). Figures two by two, keys ``{prefix}_tr_<n>`` and ``{prefix}_tr_<metric>``."""
     runs = [r for r in chosen if r.translate]
@@ -236,7 +347,7 @@ def translation_section(chosen: list[D.Run], colours: dict[str, str], smoothing:
                "pictures), dashed = B→A (G_BA, D_A, cycle_B, idt_A); eval series dotted with markers. "
                "LPIPS input ↔ output: lower = more of the input kept (it rises as the style changes more); "
                "LPIPS output ↔ target only when both sets share file ids.")
-    figs = [(f"{prefix}_tr_{i}", P.translation_figure(runs, colours, pair, smoothing, axis=axis))
+    figs = [(f"{prefix}_tr_{i}", P.translation_figure(runs, colours, pair, smoothing, axis=axis, yscale=yscale))
             for i, pair in enumerate(D.translation_pairs(runs))]
     figs += [(f"{prefix}_tr_{key.replace('/', '_')}", P.scalar_figure(runs, colours, key, "evals", title=title,
                                                                        axis=axis))
@@ -265,21 +376,21 @@ def view_runs(roots: list[Path]) -> None:
     shown = table.copy()
     shown["status"] = [f"{STATUS_ICON.get(s, '·')} {s}" for s in shown["status"]]
     shown["completion"] = [(d / p if (d == d and p == p and p) else None) for d, p in zip(table["done"], table["planned"])]
-    shown = shown[["run", "engine", "kind", "dataset", "status", "progress", "completion", "best FID", "best FID at",
-                   "last KID", "img/s", "wall time", "samples", "warnings"]]
-    _dataframe(
-        shown, hide_index=True, key="runs_table", placeholder="",
-        column_config={
-            "best FID": st.column_config.NumberColumn(format="%.2f"),
-            "best FID at": st.column_config.NumberColumn(format="%g"),
-            "last KID": st.column_config.NumberColumn(format="%.4f"),
-            "img/s": st.column_config.NumberColumn(format="%.0f"),
-            "completion": st.column_config.ProgressColumn("done", min_value=0.0, max_value=1.0, format="percent",
-                                                          width="small"),
-            "warnings": st.column_config.NumberColumn("⚠", help="problems found while reading the run", width="small"),
-            "samples": st.column_config.NumberColumn("grids", width="small"),
-        })
-    st.caption("Progress in epochs for pokelab runs, kimg for stylegan2-ada, steps for lightweight-gan. "
+    shown["collapse"] = [collapse_text(v) for v in table["collapse"]]
+    groups = list(dict.fromkeys(table["FID group"][table["best FID"].notna()]))
+    if len(groups) > 1:
+        pick = st.selectbox("Runs", ["all runs"] + groups, key="runs_group",
+                            format_func=lambda g: g if g == "all runs" else f"only {g} (best FID comparable)",
+                            help="Best FID ranks runs only within one kind, image size and samples per evaluation.")
+        if pick != "all runs":
+            shown = shown[table["FID group"] == pick]
+    shown = shown[RUNS_COLUMNS]
+    _dataframe(shown, hide_index=True, key="runs_table", placeholder="", column_config=runs_column_config())
+    st.caption("Best FID compares runs only within one **kind, image size (size) and samples per evaluation "
+               "(eval n)** — the FID of fewer samples is biased upwards" +
+               (": pick a group above to rank them. " if len(groups) > 1 else ". ") +
+               "Collapse: the latest evaluation's mode-collapse flag (blank: not measured). "
+               "Progress in epochs for pokelab runs, kimg for stylegan2-ada, steps for lightweight-gan. "
                "img/s: mean of the last 10 logged values. ⚠: problems found while reading the run (listed below).")
 
     problems = [r for r in runs if r.warnings]
@@ -346,18 +457,17 @@ def view_trends(roots: list[Path]) -> None:
     # translation runs: the per-direction losses have their own figures below; left out of this one by default
     shown_below = D.pair_keys() if any(r.translate for r in chosen) else set()
     loss_sel = c2.multiselect("Losses", keys, default=[k for k in keys if k not in shown_below], key="loss_keys")
-    axis = x_axis_choice("trend_x")
+    x1, x2 = st.columns([2, 1])
+    axis = x_axis_choice("trend_x", x1)
+    yscale = loss_scale_choice("loss_scale", x2)
     shown = runs_on_axis(chosen, axis)
     st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
     unit_note(shown)
+    fid_kid_panels(shown, colours, axis, "fig_fid", "fig_kid")
+    loss_scale_hint(shown, loss_sel, yscale)
     a, b = st.columns(2)
     with a:
-        st.plotly_chart(P.fid_figure(shown, colours, axis=axis), key="fig_fid")
-    with b:
-        st.plotly_chart(P.kid_figure(shown, colours, axis=axis), key="fig_kid")
-    a, b = st.columns(2)
-    with a:
-        st.plotly_chart(P.loss_figure(shown, colours, loss_sel, smoothing, axis=axis), key="fig_loss")
+        st.plotly_chart(P.loss_figure(shown, colours, loss_sel, smoothing, axis=axis, yscale=yscale), key="fig_loss")
     with b:
         st.plotly_chart(P.dacc_figure(shown, colours, smoothing, axis=axis), key="fig_dacc")
     a, b = st.columns(2)
@@ -379,7 +489,7 @@ def view_trends(roots: list[Path]) -> None:
             key = st.selectbox("Other scalar", others, index=others.index("img_per_s") if "img_per_s" in others else 0,
                                key="other_scalar")
             st.plotly_chart(P.scalar_figure(shown, colours, key, axis=axis), key="fig_other")
-    translation_section(shown, colours, smoothing, "fig", axis)
+    translation_section(shown, colours, smoothing, "fig", axis, yscale)
 
 
 def diversity_points(chosen: list[D.Run], axis: str) -> tuple[dict, dict]:
@@ -516,23 +626,36 @@ def view_compare(roots: list[Path]) -> None:
         st.info("No runs found.")
         return
     by_key = {r.key: r for r in runs}
-    ranked = sorted([r for r in runs if D.best_fid(r)[0] is not None], key=lambda r: D.best_fid(r)[0])
-    default = [r.key for r in (ranked or runs)[:3]]
+    # best FID ranks runs only within a kind, image size and sample count: the default is the three best of the
+    # largest such group, and the page says so
+    ranking = D.fid_ranking(runs)
+    default = [r.key for r in (ranking[0][1] if ranking else runs)[:3]]
     sel = st.multiselect("Runs to compare", list(by_key), default=default, format_func=run_label(by_key),
                          key="cmp_runs")
+    if ranking:
+        st.caption(f"Default: the three best by FID among **{ranking[0][0].label}** runs (the largest group) — best "
+                   f"FID ranks runs only within one kind, image size and sample count.")
     chosen = [by_key[k] for k in sel]
     if not chosen:
         st.info("Pick runs to compare.")
         return
     table = D.runs_table(chosen).set_index("run")
-    rows = ["tool", "engine", "kind", "dataset", "status", "progress", "best FID", "best FID at", "last KID", "img/s",
-            "wall time", "warnings"]
+    rows = ["tool", "engine", "kind", "dataset", "status", "progress", "best FID", "best FID at", "size", "eval n",
+            "collapse", "last KID", "img/s", "wall time", "warnings"]
     shown = table[rows].T.astype(object)
     for c in shown.columns:
-        for rname, fmt in (("best FID", "{:.2f}"), ("last KID", "{:.4f}"), ("img/s", "{:.0f}"), ("best FID at", "{:g}")):
+        for rname, fmt in (("best FID", "{:.2f}"), ("last KID", "{:.4f}"), ("img/s", "{:.0f}"), ("best FID at", "{:g}"),
+                           ("size", "{:.0f} px"), ("eval n", "{:,.0f}")):
             v = shown.at[rname, c]
             shown.at[rname, c] = "" if v is None or v != v else fmt.format(v)
+        shown.at["collapse", c] = collapse_text(shown.at["collapse", c])
     st.dataframe(shown.astype(str), key="cmp_table", height=35 * (len(shown) + 1) + 3)
+    groups = list(dict.fromkeys(g for g in table["FID group"][table["best FID"].notna()]))
+    if len(groups) > 1:
+        st.caption(f"⚠ These runs fall into {len(groups)} groups of kind · image size · samples per evaluation "
+                   f"({'; '.join(groups)}): their best FIDs are not comparable across groups (FID is biased upwards "
+                   f"with fewer samples and changes with the image size and the kind). The figures below draw one "
+                   f"panel per group.")
     cols = st.columns(len(chosen))
     for col, r in zip(cols, chosen):
         with col:
@@ -542,22 +665,24 @@ def view_compare(roots: list[Path]) -> None:
                 x, p = r.samples[-1]
                 show_image(r, p, roots, f"{r.x_unit} {D.fmt_x(x)}")
     colours = P.colour_map(runs)
-    c1, c2 = st.columns([1, 2])
+    c1, c2, c3 = st.columns([2, 3, 2])
     smoothing = c1.slider("Smoothing (EMA) of losses and D accuracy", 0.0, 0.99, 0.6, 0.01, key="cmp_smoothing")
     axis = x_axis_choice("cmp_x", c2)
+    yscale = loss_scale_choice("cmp_loss_scale", c3)
     shown = runs_on_axis(chosen, axis)
     st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
     unit_note(shown)
+    fid_kid_panels(shown, colours, axis, "cmp_fid", "cmp_kid")
+    loss_scale_hint(shown, D.loss_keys(shown), yscale)
     a, b = st.columns(2)
-    a.plotly_chart(P.fid_figure(shown, colours, axis=axis), key="cmp_fid")
-    b.plotly_chart(P.kid_figure(shown, colours, axis=axis), key="cmp_kid")
-    a, b = st.columns(2)
-    a.plotly_chart(P.loss_figure(shown, colours, None, smoothing, axis=axis), key="cmp_loss")
+    a.plotly_chart(P.loss_figure(shown, colours, None, smoothing, axis=axis, yscale=yscale), key="cmp_loss")
     b.plotly_chart(P.dacc_figure(shown, colours, smoothing, axis=axis), key="cmp_dacc")
     computed, reference = diversity_points(chosen, axis)
     st.plotly_chart(P.diversity_figure(shown, colours, computed, reference, axis=axis), key="cmp_div")
-    translation_section(shown, colours, smoothing, "cmp", axis)
-    st.caption(f"Verdict rules: FID — best value and where; a rise of more than 10% after the best is flagged. "
+    translation_section(shown, colours, smoothing, "cmp", axis, yscale)
+    st.caption(f"Verdict rules: FID — best value and where; a rise of more than 10% after the best is flagged, "
+               f"and so is a run with mode collapse flagged at its best or latest evaluation (never ✓); translation "
+               f"runs: against the untranslated inputs' FID (fid_input), \"baseline unknown\" without it. "
                f"Collapse — the trainer's collapse flag (MS-SSIM of samples above the real images' by more than "
                f"{D.COLLAPSE_MARGIN}). D balance — mean D accuracy over the last 10% of logged points (5 to 50 "
                f"points): flagged when (real + fake)/2 is further than {D.DRIFT_TOL} from 0.5, or real and fake "
@@ -572,7 +697,7 @@ def view_review(review_db: str, roots: list[Path], extra_dirs: list[str]) -> Non
     allowed = [*roots, Path.cwd(), *[Path(d) for d in extra_dirs if d]]
     if not PA.is_inside(path, allowed):
         st.error(f"{path} is outside the folders the studio may read (the run folders, the working directory"
-                 f"{' and the --review-db folder' if extra_dirs else ''}).")
+                 f"{' and the folder of the review database it was started with' if extra_dirs else ''}).")
         return
     if not path.exists():
         st.info(f"No review database at `{path}` yet: ratings are written by the app's blind review "

@@ -184,15 +184,19 @@ def test_trends_figures(app, lab):
                                                  str(lab["sg"] / SG)]).run()
     at.slider(key="smoothing").set_value(0.0).run()
     figs = figures(at)
-    fid = figs["fig_fid"]["data"]
-    assert len(fid) == 3
+    # FID/KID: one panel per kind · size · samples (tests/test_studio_honesty.py): the stylegan2-ada folder's
+    # fid50k_full (50,000 samples) first, the pokelab runs (sample count not logged) second
+    (sg,) = figs["fig_fid"]["data"]
+    assert sg["name"] == SG and sg["xaxis"] == "x" and figs["fig_fid"]["layout"]["xaxis"]["title"]["text"] == "kimg"
+    fid = figs["fig_fid_2"]["data"]
+    assert len(fid) == 2
     fin = next(t for t in fid if t["name"] == FIN)
     assert fin["x"] == [10.0, 20.0, 30.0] and fin["y"] == [120.0, 80.0, 95.0]
     assert fin["marker"]["size"][1] > fin["marker"]["size"][0]  # the best point is drawn larger
-    sg = next(t for t in fid if t["name"] == SG)
-    assert sg["xaxis"] == "x2" and figs["fig_fid"]["layout"]["xaxis2"]["title"]["text"] == "kimg (stylegan2-ada)"
+    # runs in several units: each unit its own axis (here in the loss figure)
+    assert figs["fig_loss"]["layout"]["xaxis2"]["title"]["text"] == "kimg (stylegan2-ada)"
     # KID: band + line for FIN (has kid_std), line only for RUN; the stylegan run logged no KID
-    assert len(figs["fig_kid"]["data"]) == 3
+    assert len(figs["fig_kid"]["data"]) == 0 and len(figs["fig_kid_2"]["data"]) == 3
     # losses unsmoothed: FIN and RUN log D, G, cycle_A; stylegan maps G, D, r1_penalty, D_reg
     assert len(figs["fig_loss"]["data"]) == 3 + 3 + 4
     assert len(figs["fig_dacc"]["data"]) == 6
@@ -218,14 +222,17 @@ def test_trends_x_axis_training_hours_and_images_seen(app, lab):
     at.radio(key="trend_x").set_value("hours").run()
     assert not at.exception, [e.value for e in at.exception]
     figs = figures(at)
-    fid = {t["name"]: t for t in figs["fig_fid"]["data"]}
+    fid = {t["name"]: t for k in ("fig_fid", "fig_fid_2") for t in figs[k]["data"]}
     # FIN: 20 s per epoch, evaluated at epochs 10, 20, 30; RUN logged no epoch_seconds: on its epochs, along the top
     assert fid[FIN]["xaxis"] == "x" and fid[FIN]["x"] == pytest.approx([200 / 3600, 400 / 3600, 600 / 3600])
     assert fid[SG]["xaxis"] == "x"  # stylegan2-ada: its tick times
     assert fid[RUN]["xaxis"] == "x2" and fid[RUN]["x"] == [10.0]
-    layout = figs["fig_fid"]["layout"]
-    assert layout["xaxis"]["title"]["text"] == "training hours (pokelab, stylegan2-ada)"
+    assert figs["fig_fid"]["layout"]["xaxis"]["title"]["text"] == "training hours"  # the stylegan2-ada panel
+    layout = figs["fig_fid_2"]["layout"]
+    assert layout["xaxis"]["title"]["text"] == "training hours (pokelab)"
     assert layout["xaxis2"]["title"]["text"] == "epoch (pokelab)"
+    layout = figs["fig_loss"]["layout"]
+    assert layout["xaxis"]["title"]["text"] == "training hours (pokelab, stylegan2-ada)"
     loss = next(t for t in figs["fig_loss"]["data"] if t["name"] == "D" and t["xaxis"] == "x" and len(t["x"]) == 30)
     assert loss["x"] == pytest.approx([20 * e / 3600 for e in range(1, 31)])
     captions = [c.value for c in at.caption]
@@ -235,16 +242,18 @@ def test_trends_x_axis_training_hours_and_images_seen(app, lab):
 
     at.radio(key="trend_x").set_value("kimg").run()
     figs = figures(at)
-    fid = {t["name"]: t for t in figs["fig_fid"]["data"]}
+    fid = {t["name"]: t for k in ("fig_fid", "fig_fid_2") for t in figs[k]["data"]}
     # step x batch size (8): one step per epoch in these runs; the stylegan2-ada folder keeps its own kimg
     assert fid[FIN]["x"] == pytest.approx([0.08, 0.16, 0.24]) and fid[RUN]["x"] == pytest.approx([0.08])
     assert fid[SG]["x"] == [0.0, 20.0, 40.0]
-    assert {t["xaxis"] for t in fid.values()} == {"x"} and figs["fig_fid"]["layout"]["xaxis"]["title"]["text"] == "kimg"
+    assert {t["xaxis"] for t in fid.values()} == {"x"} and figs["fig_fid_2"]["layout"]["xaxis"]["title"]["text"] == "kimg"
     assert not any("stays on its own" in c.value for c in at.caption)
 
     at.radio(key="trend_x").set_value("epoch").run()
-    fid = {t["name"]: t for t in figures(at)["fig_fid"]["data"]}
-    assert fid[FIN]["x"] == [10.0, 20.0, 30.0] and fid[SG]["xaxis"] == "x2"
+    figs = figures(at)
+    fid = {t["name"]: t for k in ("fig_fid", "fig_fid_2") for t in figs[k]["data"]}
+    assert fid[FIN]["x"] == [10.0, 20.0, 30.0] and fid[SG]["xaxis"] == "x"  # alone in its panel
+    assert figs["fig_loss"]["layout"]["xaxis2"]["title"]["text"] == "kimg (stylegan2-ada)"
 
 
 def test_compare_x_axis(app, lab):
@@ -252,7 +261,8 @@ def test_compare_x_axis(app, lab):
     at.multiselect(key="cmp_runs").set_value([str(lab["root"] / FIN), str(lab["sg"] / SG)]).run()
     at.radio(key="cmp_x").set_value("hours").run()
     assert not at.exception
-    fid = {t["name"]: t for t in figures(at)["cmp_fid"]["data"]}
+    figs = figures(at)
+    fid = {t["name"]: t for k in ("cmp_fid", "cmp_fid_2") for t in figs[k]["data"]}
     assert fid[FIN]["x"] == pytest.approx([200 / 3600, 400 / 3600, 600 / 3600]) and fid[SG]["xaxis"] == "x"
     assert "best FID 80.00 at epoch 20" in " ".join(m.value for m in at.markdown)  # verdicts keep epochs
 
