@@ -215,12 +215,14 @@ def novelty_pairs(images: torch.Tensor, seeds: list[int], real, device: str = "c
     gen = images.permute(0, 2, 3, 1).numpy()
     for i, (s, idx, d) in enumerate(zip(seeds, res.index, res.distance)):
         near = real_imgs[int(idx)].permute(1, 2, 0).numpy()
-        flag = " · closer than the copy threshold" if d < res.threshold else ""
-        pairs.append((side_by_side(gen[i], near), f"seed {s} → {real.item(int(idx))} · distance {d:.3f}{flag}"))
+        flag = " ⚠ copy?" if d < res.threshold else ""
+        # the distance first: a gallery caption is cut at the thumbnail's width, the file name matters least
+        pairs.append((side_by_side(gen[i], near), f"seed {s} · distance {d:.3f}{flag} · {real.item(int(idx))}"))
     copies = int((res.distance < res.threshold).sum())
     summary = (f"**Novelty** against {len(real.images)} training images of *{real.name}* "
-               f"(cosine distance of Inception pool3 features; 0 = same features). "
+               f"(each sample on the left, its nearest training image on the right; cosine distance of "
+               f"Inception pool3 features, 0 = same features). "
                f"Copy threshold {res.threshold:.3f} = the 5th percentile of real-to-real nearest distances: "
-               f"**{copies} of {len(seeds)}** samples fall below it."
+               f"**{copies} of {len(seeds)}** samples fall below it (marked ⚠ copy?)."
                + (f" Note: {real.note}." if real.note else ""))
     return pairs, summary

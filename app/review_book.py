@@ -55,6 +55,13 @@ from .inputs import AppInputError, as_text
 
 log = logging.getLogger("pokelab.app")
 
+
+class ReviewNotice(AppInputError):
+    """Nothing was stored and nothing failed: an unanswered question, a round already saved, no name. The
+    page shows it as a warning and keeps the pair on screen (``app.ui``); it is an AppInputError so API
+    callers of the book itself see it like any refused request."""
+
+
 # translation pairs only ('faithful' needs an input picture)
 GENERATION_QUESTIONS = [q for q in review_db.QUESTIONS if q != "faithful"]
 TRANSLATION_QUESTIONS = ["pokemon", "faithful"]
@@ -177,7 +184,10 @@ class ReviewBook:
         return gen + tr
 
     def start(self, rater: str, rng: random.Random | None = None) -> ReviewSession:
-        rater = as_text(rater, "your name", LIMITS.max_rater_chars)
+        try:
+            rater = as_text(rater, "your name", LIMITS.max_rater_chars)
+        except AppInputError as e:
+            raise ReviewNotice(f"{e} (type your name above, then press Start)") from None
         if not self._candidates():
             dropped = self.left_out()
             raise AppInputError("Review needs at least two sources (two engine exports, or one export and its "
@@ -276,19 +286,20 @@ class ReviewBook:
             raise AppInputError("Enter your name and press Start first.")
         p = session.current
         if round_id not in (None, "") and str(round_id) != str(p.round):
-            raise AppInputError(f"Your answers to pair {round_id} were already saved; nothing was stored again. "
-                                "Press Skip this pair to go on.")
+            raise ReviewNotice(f"Your answers to pair {round_id} were already saved; nothing was stored again. "
+                               f"The pair on screen now is pair {p.round}.")
         clean: dict[str, str] = {}
         for q in p.questions:
             a = answers.get(q)
             a = str(a).strip().lower() if a else ""
             if a not in review_db.ANSWERS:
-                raise AppInputError(f"Answer every question (Left, Right or Tie) — missing: “{review_db.QUESTIONS[q]}”")
+                raise ReviewNotice(f"Answer every question (Left, Right or Tie) — missing: “{review_db.QUESTIONS[q]}”. "
+                                   "Nothing was stored; the pair stays on screen.")
             clean[q] = a
         with self._lock:  # two clicks at once: only one of them stores the round
             if p.answered:
-                raise AppInputError(f"Your answers to pair {p.round} were already saved; nothing was stored "
-                                    "again. Press Skip this pair to go on.")
+                raise ReviewNotice(f"Your answers to pair {p.round} were already saved; nothing was stored "
+                                   "again. Press Skip this pair to go on.")
             p.answered = True
         ids: list[int] = []
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 import warnings
@@ -44,6 +45,8 @@ except ImportError:  # pragma: no cover - exercised only without diffusers
 
 StepCallback = Callable[[int, int], None]
 RETRY_AFTER_S = 60.0
+#: what the first use of a Hub model downloads (SD 1.x in fp32 with its text encoder and VAE)
+SD_DOWNLOAD = "4 GB"
 
 
 class SDUnavailable(RuntimeError):
@@ -178,6 +181,13 @@ def slerp_tensors(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return out.view_as(a).to(a.dtype)
 
 
+def _pick_device_name(device: str) -> str:
+    try:
+        return _pick_device(device).type
+    except (SDUnavailable, RuntimeError):
+        return "cpu"
+
+
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -207,7 +217,18 @@ class SDPokemon:
             return f"loaded on {self._pipe.device}"
         if self._error is not None:
             return self._error[1]
-        return "not loaded yet (loads on first use)"
+        cpu = _pick_device_name(self.device_name) == "cpu"
+        slow = "; on a CPU each 512 px image takes minutes" if cpu else ""
+        if self._looks_local():
+            return f"not loaded yet (loads from its folder on first use){slow}"
+        return f"not loaded yet: the first image loads it (a one-time download of about {SD_DOWNLOAD} unless " \
+               f"it is in the Hugging Face cache){slow}"
+
+    @property
+    def load_note(self) -> str:
+        """What the first use costs, for the progress line."""
+        return f"loading {self.model}" + ("" if self._looks_local() else
+                                          f" (the first use downloads about {SD_DOWNLOAD} unless cached)")
 
     @property
     def loaded(self) -> bool:
@@ -245,8 +266,12 @@ class SDPokemon:
         src = self.model
         if self._looks_local():
             p = Path(src).expanduser()
+            if not p.is_dir():
+                raise SDUnavailable(f"the folder {src} does not exist; --sd-model takes a diffusers pipeline "
+                                    "folder or a Hugging Face Hub id such as lambdalabs/sd-pokemon-diffusers")
             if not (p / "model_index.json").is_file():
-                raise SDUnavailable(f"{src}: not a diffusers pipeline folder (no model_index.json)")
+                raise SDUnavailable(f"{src} is not a diffusers pipeline folder (no model_index.json); "
+                                    "--sd-model takes such a folder or a Hugging Face Hub id")
             src = str(p)
         t0 = time.perf_counter()
         try:
@@ -255,11 +280,8 @@ class SDPokemon:
                 pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=dtype, safety_checker=None,
                                                                requires_safety_checker=False)
         except Exception as e:  # OSError when offline/uncached, ValueError/KeyError for wrong folders
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise SDUnavailable(
-                f"the Stable Diffusion model {self.model!r} could not be loaded ({type(e).__name__}: {msg}). "
-                "Its weights come from the Hugging Face Hub on first use; offline they must already be in the "
-                "local Hugging Face cache, or give a local pipeline folder with --sd-model.") from e
+            log.warning("Stable Diffusion %s could not be loaded: %s: %s", self.model, type(e).__name__, e)
+            raise SDUnavailable(self._load_failure(e, local=self._looks_local())) from e
         pipe = pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)
         if dev.type == "cuda":
@@ -267,6 +289,22 @@ class SDPokemon:
         self._default_procs = dict(pipe.unet.attn_processors)
         log.info("loaded Stable Diffusion %s on %s in %.1fs", self.model, dev, time.perf_counter() - t0)
         return pipe
+
+    def _load_failure(self, e: BaseException, local: bool) -> str:
+        """One short sentence saying what is missing and what to do (the raw error goes to the server log:
+        diffusers' and huggingface_hub's texts talk about URLs, caches and ``local_files_only``)."""
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if local:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = re.sub(r"https?://\S+", "", first).strip()[:160]
+            return f"the folder {self.model} could not be loaded as a Stable Diffusion pipeline " \
+                   f"({type(e).__name__}{': ' + first if first else ''})"
+        if kinds & {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"}:
+            return f"{self.model} is not a model on the Hugging Face Hub that can be downloaded " \
+                   f"({type(e).__name__}); check --sd-model"
+        return (f"the {self.model} weights (about {SD_DOWNLOAD}, downloaded once) are not on this machine and "
+                f"could not be downloaded ({type(e).__name__}). Connect to the internet and retry in a minute, "
+                "or pass a downloaded copy with --sd-model FOLDER. On a CPU each image takes minutes")
 
     # ---- checks ----------------------------------------------------------------------------
     def size_multiple(self, pipe=None) -> int:

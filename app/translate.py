@@ -75,10 +75,33 @@ class _CountingSession:
         self.session = session
         self.model_name = getattr(session, "model_name", "?")
         self.calls = 0
+        self.error: AppInputError | None = None   # a LazyRembg that could not make its session
 
     def predict(self, image, *args, **kwargs):
         self.calls += 1
-        return self.session.predict(image, *args, **kwargs)
+        try:
+            return self.session.predict(image, *args, **kwargs)
+        except AppInputError as e:  # LazyRembg: the model is not available; said as it is, not as a bad picture
+            self.error = e
+            raise
+
+
+class LazyRembg:
+    """A rembg session made on the first prediction only. A picture with its own transparency is never sent
+    to rembg (engines.background keeps its alpha), so it needs no model at all: with this, such a picture
+    translates even where the model is not on disk and cannot be downloaded."""
+
+    def __init__(self, model: Any, model_path: str | os.PathLike | None = None):
+        self.model, self.model_path = model, model_path
+        self.model_name = str(model or "").strip() or REMBG_CHOICES[0]
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", self.model_name):
+            raise AppInputError(f"rembg model must be a model name like {REMBG_CHOICES[0]}, not {model!r}")
+        self._session = None
+
+    def predict(self, image, *args, **kwargs):
+        if self._session is None:
+            self._session = rembg_session(self.model, self.model_path)
+        return self._session.predict(image, *args, **kwargs)
 
 
 def prepare_upload(upload: Any, size: int, background: str = "white", rembg_session=None) -> tuple[np.ndarray, str]:
@@ -96,6 +119,8 @@ def prepare_upload(upload: Any, size: int, background: str = "white", rembg_sess
         pic = prepare_image(path.read_bytes(), size=size, background=background,
                             max_pixels=LIMITS.max_upload_pixels, rembg_session=counting)
     except DataError as e:
+        if counting is not None and counting.error is not None:
+            raise counting.error from None
         msg = str(e).replace("cannot use this image: ", "")
         raise AppInputError(f"This picture cannot be used: {msg}.") from None
     except OSError as e:
@@ -126,11 +151,79 @@ def rembg_session(model: Any, model_path: str | os.PathLike | None = None):
     else:
         model_path = None
     try:
+        if model_path is None:
+            bgr.describe_model(name)              # an unknown name is refused here, without loading anything
+            if rembg_model_file(name) is None and not download_reachable():
+                raise AppInputError(missing_model_message(name))
         with _SESSION_LOCK:  # one load per model even when several requests ask at once (sessions are cached)
             return bgr.make_session(name, model_path=model_path)
     except bgr.BackgroundRemovalError as e:
-        raise AppInputError(f"Background removal is not available: {e}. Untick “remove background” to "
+        msg = re.sub(r"\s*(for url:)?\s*https?://[^\s)]+", "", str(e)).strip()  # download errors quote URLs
+        raise AppInputError(f"Background removal is not available: {msg}. Untick “remove background” to "
                             "translate the picture as it is.") from None
+
+
+#: rembg's download host for its named models (GitHub releases), probed before a download is attempted
+REMBG_DOWNLOAD_HOST = ("github.com", 443)
+_REACH = {"t": 0.0, "ok": True}
+_REACH_LOCK = threading.Lock()
+
+
+def rembg_model_dirs() -> list[Path]:
+    """The folders rembg looks in for a named model's file: ``$U2NET_HOME`` (or ``~/.u2net``), and for
+    rembg >= 2.0.7x also ``$REMBG_HOME`` (or ``~/.rembg``) ``/models/<name>/``. Only the first is given
+    by name in messages: it is the one every rembg version reads."""
+    home = os.environ.get("U2NET_HOME") or os.path.join(os.environ.get("XDG_DATA_HOME") or "~", ".u2net")
+    return [Path(home).expanduser()]
+
+
+def rembg_model_file(name: str) -> Path | None:
+    """The named model's ONNX file when it is already on this machine, else None (rembg would download it).
+    Asks rembg's own session class where it looks when it can (its folders moved between versions), and
+    ``$U2NET_HOME`` / ``~/.u2net`` in any case."""
+    fname = f"{name}.onnx"
+    candidates = [d / fname for d in rembg_model_dirs()]
+    try:
+        import onnxruntime  # noqa: F401 - before rembg: without it, importing rembg calls sys.exit()
+        from rembg.sessions import sessions as by_name
+
+        cls = by_name.get(name)
+        for meth in ("model_dir", "legacy_home", "u2net_home"):
+            if cls is not None and hasattr(cls, meth):
+                candidates.append(Path(getattr(cls, meth)()).expanduser() / fname)
+    except Exception:  # noqa: BLE001 - an older or newer rembg layout: the U2NET_HOME folder is still checked
+        pass
+    for c in candidates:
+        if c.is_file() and c.stat().st_size > 0:
+            return c
+    return None
+
+
+def download_reachable(timeout: float = 3.0, remember_s: float = 60.0) -> bool:
+    """Whether rembg's download host answers at all (a TCP connection within ``timeout``). Offline, rembg's
+    own download retries for minutes before it fails; this answers in seconds. Remembered for a minute."""
+    import socket
+    import time
+
+    with _REACH_LOCK:
+        now = time.monotonic()
+        if now - _REACH["t"] < remember_s:
+            return bool(_REACH["ok"])
+        try:
+            socket.create_connection(REMBG_DOWNLOAD_HOST, timeout=timeout).close()
+            ok = True
+        except OSError:
+            ok = False
+        _REACH.update(t=now, ok=ok)
+        return ok
+
+
+def missing_model_message(name: str) -> str:
+    folder = rembg_model_dirs()[0]
+    return (f"Background removal needs the rembg model {name}, which is not on this server ({folder / (name + '.onnx')} "
+            f"is missing) and cannot be downloaded from here. Put {name}.onnx in {folder} (or set U2NET_HOME to "
+            "its folder), or start the app with --rembg-model-path FILE.onnx. Pictures with their own "
+            "transparency need no model; untick “remove background” for the others.")
 
 
 # ---- translation -----------------------------------------------------------------------------------

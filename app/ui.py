@@ -2,7 +2,8 @@
 
 Handlers are thin: they check nothing themselves beyond picking the export, call the UI-free modules
 (``app.gan``, ``app.translate``, ``app.sd_pokemon``, ``app.review_book``) and turn user errors into
-``gr.Error`` messages.
+``gr.Error`` messages — except a rater's slip in the review (``ReviewNotice``: a question unanswered, a round
+already saved), which is a ``gr.Warning`` with the pair kept on screen.
 Every public endpoint has an ``api_name`` (see docs/app.md) so scripts and tests use the same paths.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from . import translate as tr
 from .appconfig import LIMITS, AppConfig
 from .exports import ExportCatalog, ExportEntry, RealSet, public_path, public_source_id
 from .inputs import AppInputError
-from .review_book import ReviewBook, ReviewSession, ReviewSource, TranslationGroup, TranslationSource
+from .review_book import (ReviewBook, ReviewNotice, ReviewSession, ReviewSource, TranslationGroup,
+                          TranslationSource)
 from .sd_pokemon import SDPokemon, SDUnavailable, overlay
 
 log = logging.getLogger("pokelab.app")
@@ -55,6 +57,12 @@ CSS = """
 .pl-facts {font-size: 0.88rem;}
 .pl-review-img img {image-rendering: auto;}
 .pl-fill img {width: 100%; height: 100%; object-fit: contain;}
+/* sample grids: at most 128 px a tile (one image is not stretched over the whole width: Gradio lowers the
+   column count to the image count), and captions wrap instead of cutting the seed or the distance off */
+#gen-gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(96px, 128px));}
+#gen-novelty .grid-container {grid-template-columns: repeat(auto-fill, minmax(180px, 256px));}
+#gen-gallery .caption-label, #gen-novelty .caption-label {max-width: calc(100% - 8px); white-space: normal;
+  overflow-wrap: anywhere; line-height: 1.2;}
 #about-md th, #about-md td:not(:last-child) {white-space: nowrap;}
 footer {display: none !important;}
 """
@@ -92,6 +100,17 @@ def export_picker(choices, value, valid, **kw) -> gr.Dropdown:
 
     comp.preprocess = preprocess
     return comp
+
+
+NOVELTY_COST = ("each sample's nearest training image in Inception features; the first lookup per dataset "
+                "computes the features of the whole training set (217 s for 649 images on a 2-core CPU), "
+                "later ones reuse them")
+
+
+def seed_box(value: int, label: str) -> gr.Number:
+    """A seed field. Not ``precision=0``: gradio would round 1.5 to 2 without a word; the handlers check
+    that a seed is a whole number (``app.inputs.as_int``) and say so."""
+    return gr.Number(value, label=label, precision=None, step=1, minimum=0, maximum=LIMITS.max_seed)
 
 
 def engine_picture(label: str, elem_id: str, download: bool = False, visible: bool = True) -> gr.Image:
@@ -152,6 +171,7 @@ class PokelabApp:
         atexit.register(shutil.rmtree, str(self.out.root), True)
         self.sd_review = {"steps": 25, "guidance": 7.5, "size": 512}   # SD samples shown in the review
         self.review_notes: list[str] | None = None  # why translation rounds are off (set by review_translations)
+        self.novelty_off: str | None = None  # why novelty lookups failed for good (Inception weights missing)
         self.book = ReviewBook(cfg.review_db, self.review_sources, translations=self.review_translations)
         self.examples = self.translation_examples()
         self.demo = self.build()
@@ -443,16 +463,39 @@ class PokelabApp:
         if novelty:
             if not self.cfg.novelty:
                 raise AppInputError("novelty lookups are switched off on this server")
-            progress(0.5, desc="finding the nearest training images")
-            rs = self.catalog.real_set(entry)
-            if rs is None:
-                summary = f"Novelty is not available for {entry.key}: {self.catalog.real_set_problem(entry)}."
-            else:
-                try:
-                    pairs, summary = gan.novelty_pairs(imgs, seeds, rs, device=self.cfg.device)
-                except ImportError as e:
-                    summary = f"Novelty is not available here (metrics could not be imported: {e})."
-        return gallery, grid, seeds, pairs, summary, "Click an image to use it as an interpolation end point."
+            pairs, summary = self._novelty(entry, imgs, seeds, progress)
+        hint = f"{len(seeds)} image(s), seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
+        if len(seeds) == LIMITS.max_count:
+            hint += f" ({LIMITS.max_count} is the most per grid)"
+        return gallery, grid, seeds, pairs, summary, f"{hint}. Click an image to use it as an interpolation end point."
+
+    def _novelty(self, entry: ExportEntry, imgs, seeds, progress):
+        """Nearest training images, or ([], one line saying why not). The grid is shown either way. When the
+        Inception weights (or the metrics) cannot be loaded, that is remembered for the process: no lookup
+        tries to download them again until the app restarts."""
+        if self.novelty_off is not None:
+            return [], self.novelty_off
+        rs = self.catalog.real_set(entry)
+        if rs is None:
+            return [], f"Novelty is not available for {entry.key}: {self.catalog.real_set_problem(entry)}."
+        from engines.metrics import MetricUnavailable
+
+        progress(0.3, desc=f"finding the nearest training images (the first lookup for {rs.name} computes the "
+                           f"Inception features of its {len(rs.images)} images: minutes on a CPU)")
+        try:
+            return gan.novelty_pairs(imgs, seeds, rs, device=self.cfg.device)
+        except (ImportError, MetricUnavailable) as e:
+            log.warning("novelty lookups are off until the app restarts: %s", e)
+            self.novelty_off = ("Novelty is not available on this server: the Inception network's weights could "
+                                "not be loaded (pt_inception-2015-12-05-6726825d.pth under $TORCH_HOME/hub/"
+                                "checkpoints/); restart the app once they are there."
+                                if isinstance(e, MetricUnavailable) else
+                                f"Novelty is not available on this server (the metrics could not be imported: "
+                                f"{type(e).__name__}).")
+            return [], self.novelty_off
+        except Exception as e:  # noqa: BLE001 - the grid is made; a failed lookup must not take it away
+            log.exception("novelty lookup failed for %s", entry.key)
+            return [], f"Novelty lookup failed ({type(e).__name__}: {str(e)[:160]}); the grid is above."
 
     def interpolate(self, key, seed_a, seed_b, frames, mode, psi, fps, boomerang, mp4=False):
         entry = self.catalog.generator(key)
@@ -500,8 +543,9 @@ class PokelabApp:
         eng = self.catalog.engine(entry.key)
         session = None
         if remove_bg:
-            progress(0.1, desc="loading the rembg model (the first use of a named model downloads it)")
-            session = tr.rembg_session(rembg_model, self.cfg.rembg_model_path)
+            # made on the first prediction only: a picture with its own transparency never needs the model
+            session = tr.LazyRembg(rembg_model, self.cfg.rembg_model_path)
+            progress(0.1, desc="background removal (the first use of a named model loads it)")
         t0 = time.perf_counter()
         res = tr.translate_upload(eng, upload, direction, tr.input_background(entry), session)
         ms = (time.perf_counter() - t0) * 1000
@@ -527,7 +571,7 @@ class PokelabApp:
         return cb
 
     def txt2img(self, prompt, negative, steps, guidance, seed, width, height, attention, progress=gr.Progress()):
-        progress(0, desc=f"loading {self.cfg.sd_model}" if not self.sd.loaded else "starting")
+        progress(0, desc=self.sd.load_note if not self.sd.loaded else "starting")
         r = self.sd.text_to_image(prompt, negative, steps, guidance, seed, width, height, bool(attention),
                                   on_step=self._sd_progress(progress))
         maps = []
@@ -563,20 +607,24 @@ class PokelabApp:
         return strip, gif, self.sd_status()
 
     # ---- handlers: review ---------------------------------------------------------------------------------
-    def _review_view(self, s: ReviewSession):
+    def _review_view(self, s: ReviewSession, keep: tuple = (None, None, None), notice: str = ""):
         """(session, left, right, progress, pokemon, novel, panel, input, faithful) as plain values, so API
         callers get pictures and None, not component updates; ``review_layout`` then shows the input and
-        the 'faithful' question instead of 'novel' in a translation round."""
+        the 'faithful' question instead of 'novel' in a translation round. ``keep``: the answers to show
+        (a pair that stays on screen keeps what the rater chose); ``notice``: why nothing was stored."""
         p = s.current
-        progress = f"**{s.rater}** · pair {s.rounds} · {s.answers} answer(s) saved this session"
+        progress = f"**{s.rater}** · pair {p.round} · {s.answers} answer(s) saved this session"
         if p.kind == "translate":
             progress += " · both pictures are made from the input on the left"
+        if notice:
+            progress += f"  \n⚠ {notice}"
         # files, not arrays (see gan.write_pngs); neutral names, so nothing in a URL tells the sources apart
         pics = [x for x in (p.left_image, p.right_image, p.input_image) if x is not None]
         files = gan.write_pngs(pics, self.out.new(), ["left", "right", "input"][:len(pics)])
         left, right = files[0], files[1]
         inp = files[2] if p.input_image is not None else None
-        return (s, left, right, progress, None, None, gr.update(visible=True), inp, None)
+        pokemon, novel, faithful = keep
+        return (s, left, right, progress, pokemon, novel, gr.update(visible=True), inp, faithful)
 
     def review_layout(self, s: ReviewSession | None):
         """Which question and whether the input picture show for the round on screen, the notes, and the
@@ -613,6 +661,27 @@ class PokelabApp:
         page; API callers may leave it out) once, then show the next pair."""
         self.book.submit(session, {"pokemon": pokemon, "novel": novel, "faithful": faithful}, round_id=round_id)
         return self._review_view(session)
+
+    # the page's review events: a rater's slip (no name, a question unanswered, a round already saved) is a
+    # warning and the pair stays on screen; only a failed action (no pair can be drawn, the database cannot
+    # be written) is an error
+    def review_start_page(self, rater, session):
+        try:
+            return self.review_start(rater, session)
+        except ReviewNotice as e:
+            gr.Warning(str(e))
+            if session is not None and session.current is not None:
+                return self._review_view(session, notice=str(e))
+            return (session, None, None, f"⚠ {e}", None, None, gr.update(), None, None)
+
+    def review_answer_page(self, pokemon, novel, session, faithful=None, round_id=None):
+        try:
+            return self.review_answer(pokemon, novel, session, faithful, round_id)
+        except ReviewNotice as e:
+            gr.Warning(str(e))
+            same = round_id in (None, "") or str(round_id) == str(session.current.round)
+            return self._review_view(session, keep=(pokemon, novel, faithful) if same else (None, None, None),
+                                     notice=str(e))
 
     def review_skip(self, session):
         if session is None:
@@ -657,15 +726,17 @@ class PokelabApp:
                                                  visible=n_bad > 0, elem_id="gen-show-collapsed")
                             g_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
                             with gr.Row():
-                                g_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=L.max_seed)
+                                g_seed = seed_box(0, "Seed")
                                 g_dice = gr.Button("Random", scale=0, min_width=80)
-                            g_count = gr.Slider(L.min_count, L.max_count, value=16, step=1, label="Images")
+                            g_count = gr.Slider(L.min_count, L.max_count, value=16, step=1, label="Images",
+                                                info=f"{L.min_count}–{L.max_count}; a larger number typed in "
+                                                     f"becomes {L.max_count}", elem_id="gen-count")
                             g_psi = gr.Slider(L.min_psi, L.max_psi, value=0.7, step=0.05, label="Truncation ψ",
-                                              info="lower = more typical, less varied",
+                                              info=f"{L.min_psi:g}–{L.max_psi:g} (values outside are set to the "
+                                                   "nearest end); lower = more typical, less varied",
                                               visible="truncation" in first_sup)
                             g_nov = gr.Checkbox(False, label="Nearest training image (novelty)",
-                                                info="Inception features; the first run per dataset is slow",
-                                                visible=self.cfg.novelty)
+                                                info=NOVELTY_COST, visible=self.cfg.novelty)
                             g_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
                         with gr.Column(scale=3):
                             g_gallery = gr.Gallery(label="Samples", elem_id="gen-gallery", columns=8, height="auto", format="png",
@@ -699,6 +770,7 @@ class PokelabApp:
                             g_nov_md = gr.Markdown()
                             g_nov_gallery = gr.Gallery(label="Sample | nearest training image", columns=4,
                                                        height="auto", format="png", visible=False,
+                                                       object_fit="contain", elem_id="gen-novelty",
                                                        elem_classes="pl-pixel", interactive=False)
                     g_seeds = gr.State([])
                     g_selected = gr.State(None)
@@ -715,14 +787,15 @@ class PokelabApp:
                                                  visible=n_bad > 0)
                             i_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
                             with gr.Row():
-                                i_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=L.max_seed)
-                                i_b = gr.Number(1, label="Seed B", precision=0, minimum=0, maximum=L.max_seed)
+                                i_a = seed_box(0, "Seed A")
+                                i_b = seed_box(1, "Seed B")
                             i_frames = gr.Slider(L.min_frames, L.max_frames, value=24, step=1, label="Frames")
                             i_mode = gr.Radio(["slerp", "lerp"], value="lerp" if "w_space" in first_sup else "slerp",
                                               label="Path", info="slerp: along the Gaussian shell in Z; "
                                                                  "for StyleGAN, lerp walks straight in W")
                             i_psi = gr.Slider(L.min_psi, L.max_psi, value=0.7, step=0.05, label="Truncation ψ",
-                                              visible="truncation" in first_sup)
+                                              info=f"{L.min_psi:g}–{L.max_psi:g} (values outside are set to the "
+                                                   "nearest end)", visible="truncation" in first_sup)
                             i_fps = gr.Slider(L.min_fps, L.max_fps, value=12, step=1, label="GIF frames/s")
                             with gr.Row():
                                 i_boom = gr.Checkbox(False, label="Play back and forth")
@@ -792,7 +865,7 @@ class PokelabApp:
                                 t_guid = gr.Slider(L.min_guidance, L.max_guidance, value=7.5, step=0.5,
                                                    label="Guidance")
                             with gr.Row():
-                                t_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=L.max_seed)
+                                t_seed = seed_box(0, "Seed")
                                 t_w = gr.Slider(L.min_sd_size, L.max_sd_size, value=512, step=L.sd_size_step,
                                                 label="Width", elem_id="t2i-w")
                                 t_h = gr.Slider(L.min_sd_size, L.max_sd_size, value=512, step=L.sd_size_step,
@@ -810,7 +883,7 @@ class PokelabApp:
                                     "between the prompt above and a second prompt (same seed). Each frame is a "
                                     "full diffusion run.")
                         with gr.Row():
-                            t_seed_b = gr.Number(1, label="Seed B", precision=0, minimum=0, maximum=L.max_seed)
+                            t_seed_b = seed_box(1, "Seed B")
                             t_prompt_b = gr.Textbox("a cute blue turtle pokemon", label="Prompt B",
                                                     max_length=L.max_prompt_chars)
                             t_frames = gr.Slider(L.min_sd_frames, L.max_sd_frames, value=6, step=1, label="Frames")
@@ -906,15 +979,16 @@ class PokelabApp:
             sd_common = [t_neg, t_steps, t_guid]
             t_btn.click(h(self.txt2img), [t_prompt, t_neg, t_steps, t_guid, t_seed, t_w, t_h, t_attn],
                         [t_img, t_maps, t_info, t_status], api_name="text_to_image", concurrency_limit=1,
-                        concurrency_id="sd")
+                        concurrency_id="sd").then(self.sd_status, None, t_status, **priv)
             t_btn_seeds.click(h(self.sd_interp_seeds), [t_prompt, *sd_common, t_seed, t_seed_b, t_frames, t_w, t_h,
                                                         t_fps],
                               [t_strip, t_gif, t_status], api_name="sd_interpolate_seeds",
-                              concurrency_limit=1, concurrency_id="sd")
+                              concurrency_limit=1, concurrency_id="sd").then(self.sd_status, None, t_status, **priv)
             t_btn_prompts.click(h(self.sd_interp_prompts), [t_prompt, t_prompt_b, *sd_common, t_seed, t_frames, t_w,
                                                             t_h, t_fps],
                                 [t_strip, t_gif, t_status], api_name="sd_interpolate_prompts",
-                                concurrency_limit=1, concurrency_id="sd")
+                                concurrency_limit=1, concurrency_id="sd").then(self.sd_status, None, t_status,
+                                                                               **priv)
 
             x_export.change(h(self.on_trans_export_change), x_export,
                             [x_facts, x_dir, x_in, x_out, x_rec, x_att_row, x_att, x_map, x_file, x_info], **priv)
@@ -924,11 +998,12 @@ class PokelabApp:
 
             review_out = [r_session, r_left, r_right, r_progress, r_q1, r_q2, r_panel, r_input, r_q3]
             layout = (self.review_layout, r_session, [r_q2, r_q3, r_input, r_note, r_round])
-            r_start.click(h(self.review_start), [r_name, r_session], review_out, api_name="review_start").success(
-                *layout, **priv)
-            r_name.submit(h(self.review_start), [r_name, r_session], review_out, **priv).success(*layout, **priv)
+            r_start.click(h(self.review_start_page), [r_name, r_session], review_out,
+                          api_name="review_start").success(*layout, **priv)
+            r_name.submit(h(self.review_start_page), [r_name, r_session], review_out, **priv).success(*layout,
+                                                                                                       **priv)
             # 'faithful' last and optional, so two-answer callers of the generation rounds keep working
-            r_submit.click(h(self.review_answer), [r_q1, r_q2, r_session, r_q3, r_round], review_out,
+            r_submit.click(h(self.review_answer_page), [r_q1, r_q2, r_session, r_q3, r_round], review_out,
                            api_name="review_answer").success(*layout, **priv)
             r_skip.click(h(self.review_skip), [r_session], review_out, api_name="review_skip").success(*layout, **priv)
 

@@ -240,6 +240,10 @@ def test_background_removal_with_a_session(tmp_path, catalog, monkeypatch):
     import engines.background as bgr
 
     monkeypatch.setattr(bgr, "make_session", lambda model, model_path=None: fake)
+    home = tmp_path / "u2net-home"                    # the model file in rembg's folder: no download needed
+    home.mkdir()
+    (home / "isnet-anime.onnx").write_bytes(b"stand-in")
+    monkeypatch.setenv("U2NET_HOME", str(home))
     session = tr.rembg_session("isnet-anime")
     res = tr.translate_upload(catalog.engine("cg"), grey, "AB", "white", session)
     assert res.background == "removed" and tuple(res.input[0, 0]) == (255, 255, 255)

@@ -194,7 +194,7 @@ def test_novelty_pairs_use_the_metrics(exports):
     pairs, summary = gan.novelty_pairs(rs.images[:3], [0, 1, 2], rs)
     assert len(pairs) == 3
     for (img, caption), name in zip(pairs, rs.files[:3]):
-        assert f"→ {name} " in caption and img.shape == (32, 32 + 4 + 32, 3)
+        assert caption.endswith(f" · {name}") and img.shape == (32, 32 + 4 + 32, 3)
         assert float(caption.split("distance ")[1].split()[0]) < 1e-3
     assert "3 of 3" in summary
 
