@@ -63,7 +63,9 @@ CSS = """
 #gen-novelty .grid-container {grid-template-columns: repeat(auto-fill, minmax(180px, 256px));}
 #gen-gallery .caption-label, #gen-novelty .caption-label {max-width: calc(100% - 8px); white-space: normal;
   overflow-wrap: anywhere; line-height: 1.2;}
-#about-md th, #about-md td:not(:last-child) {white-space: nowrap;}
+/* About's table: the engine stays on one line, the rest wraps, and a narrow window scrolls instead of cutting */
+#about-md table {display: block; overflow-x: auto; max-width: 100%;}
+#about-md td:first-child, #about-md th {white-space: nowrap;}
 footer {display: none !important;}
 """
 
