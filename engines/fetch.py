@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import __version__
-from .data import DataError
+from .data import DEFAULT_MAX_FILE_BYTES, DataError, _png_short
 from .runs import atomic_write_json
 
 # The PokeAPI sprites repository on GitHub: official artwork, one PNG per national dex number.
@@ -102,8 +102,10 @@ def is_valid_image(path: str | os.PathLike) -> bool:
                 return False
             im.verify()  # chunk CRCs for PNG
         with Image.open(path) as im:
-            im.load()    # and the pixel data really decodes (catches truncation)
-        return True
+            im.load()    # and the pixel data really decodes
+        # Pillow fills a PNG whose image data ends early with black rows: data's check catches that
+        with open(path, "rb") as f:
+            return _png_short(f.read(DEFAULT_MAX_FILE_BYTES + 1)) is None
     except Exception:  # noqa: BLE001 - any failure means "not a usable image"
         return False
 
