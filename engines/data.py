@@ -608,6 +608,20 @@ def source_name(path: str | os.PathLike) -> str:
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+_READ = object()  # _screen_member: the member is a wanted picture with a safe name, go on and read it
+
+
+def _screen_member(raw: str) -> tuple[str, object]:
+    """An archive member's cleaned name and what walk() yields for it instead of reading it: a _Found for an
+    unsafe name, None for a file that is not a picture, or _READ to go on (zips and tars alike)."""
+    name, unsafe = _member_name(raw)
+    if unsafe:
+        return name, _Found(name, problem=unsafe, early=True)
+    if not name or not _wanted(name):
+        return name, None
+    return name, _READ
+
+
 def _member_name(raw: str) -> tuple[str, str | None]:
     """An archive member's name normalised ('./a//b.png' -> 'a/b.png', '\\' read as '/'), and why it is
     unsafe (else None). A name that is absolute ('/x.png', 'C:/x.png') or climbs out of the archive with
@@ -813,12 +827,9 @@ class _ZipSource(_Source):
         for info in self.zf.infolist():
             if info.is_dir():
                 continue
-            name, unsafe = _member_name(info.filename)
-            if unsafe:
-                yield _Found(name, problem=unsafe, early=True)
-                continue
-            if not name or not _wanted(name):
-                yield None
+            name, verdict = _screen_member(info.filename)
+            if verdict is not _READ:
+                yield verdict
                 continue
             # Unix zips keep the file's mode in the top 16 bits: links and special files are marked there
             mode = info.external_attr >> 16 if info.create_system == 3 else 0
@@ -883,12 +894,9 @@ class _TarSource(_Source):
         for i, m, tf in self._members():
             if m.isdir():
                 continue
-            name, unsafe = _member_name(m.name)
-            if unsafe:
-                yield _Found(name, problem=unsafe, early=True)
-                continue
-            if not name or not _wanted(name):
-                yield None
+            name, verdict = _screen_member(m.name)
+            if verdict is not _READ:
+                yield verdict
                 continue
             if m.issym() or m.islnk():
                 yield _link_found(name, m.linkname, hard=m.islnk())
