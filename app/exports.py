@@ -244,6 +244,13 @@ class ExportEntry:
         return {str(s) for s in sup} if isinstance(sup, (list, tuple)) else set()
 
     @property
+    def vocabulary(self) -> list[str]:
+        """A conditional export's labels (``extra.labels.vocabulary``, engines.labels); [] for the others."""
+        labels = (self.config.get("extra") or {}).get("labels") if "labels" in self.supports else None
+        vocab = labels.get("vocabulary") if isinstance(labels, dict) else None
+        return [str(v) for v in vocab[:4096]] if isinstance(vocab, list) else []
+
+    @property
     def trained(self) -> dict[str, Any]:
         t = self.config.get("trained")
         return t if isinstance(t, dict) else {}

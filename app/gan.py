@@ -35,27 +35,72 @@ def check_seed(seed, name: str = "seed") -> int:
     return as_int(seed, name, 0, LIMITS.max_seed)
 
 
-def generate(engine, seed, count, truncation_psi: float | None = None) -> tuple[torch.Tensor, list[int]]:
-    """``count`` images as uint8 NCHW (CPU) and the seed of each."""
+def label_combo(engine, labels, what: str = "labels") -> str | None:
+    """The chosen labels as one combination ('Grass' and 'Poison' -> 'Grass|Poison'), checked against a
+    conditional engine's vocabulary; None when none is chosen. Labels for an unconditional engine are an error."""
+    chosen = [labels] if isinstance(labels, str) else list(labels or [])
+    chosen = [str(c) for c in chosen if str(c).strip()]
+    if not getattr(engine, "conditional", False):
+        if chosen:
+            raise AppInputError(f"this export ({engine.name}) is not conditional: it takes no labels")
+        return None
+    if not chosen:
+        return None
+    from engines.labels import LabelError
+
+    spec = engine.label_spec
+    try:
+        return spec.text(spec.indices(chosen, f"{what}: "))
+    except LabelError as e:  # names the value and lists the vocabulary
+        raise AppInputError(str(e)) from None
+
+
+def label_rows(engine, labels, seeds: list[int]) -> torch.Tensor | None:
+    """A conditional engine's labels for a grid (engines.labels): the chosen labels, one combination for every
+    image ('Grass' and 'Poison', or 'Grass|Poison'); none chosen: each image's own draw from the training mix by
+    its seed, so an image is reproducible alone. None for other engines, which take no labels."""
+    combo = label_combo(engine, labels)
+    if not getattr(engine, "conditional", False):
+        return None
+    spec = engine.label_spec
+    if combo is None:
+        return torch.cat([spec.draw(1, s) for s in seeds])
+    return spec.encode([combo]).expand(len(seeds), -1)
+
+
+def generate(engine, seed, count, truncation_psi: float | None = None,
+             labels=None) -> tuple[torch.Tensor, list[int]]:
+    """``count`` images as uint8 NCHW (CPU) and the seed of each; ``labels``: see ``label_rows``."""
     seed = check_seed(seed)
     count = as_int(count, "count", LIMITS.min_count, LIMITS.max_count)
     if seed + count - 1 > LIMITS.max_seed:
         raise AppInputError(f"seed + count must stay below {LIMITS.max_seed + 1}; lower the seed")
     seeds = [seed + i for i in range(count)]
+    y = label_rows(engine, labels, seeds)
     with torch.inference_mode():
         z = torch.cat([engine.latent(1, s) for s in seeds])
-        x = engine.sample(z=z, **gen_kwargs(engine, truncation_psi))
+        x = engine.sample(z=z, **gen_kwargs(engine, truncation_psi), **({"labels": y} if y is not None else {}))
     return to_uint8(x).cpu(), seeds
 
 
 def interpolate(engine, seed_a, seed_b, frames, mode: str = "slerp",
-                truncation_psi: float | None = None) -> torch.Tensor:
-    """A latent walk as uint8 NCHW frames (the engine walks in W where it has one)."""
+                truncation_psi: float | None = None, labels=None, labels_to=None) -> torch.Tensor:
+    """A latent walk as uint8 NCHW frames (the engine walks in W where it has one). Conditional exports:
+    ``labels`` is held along the walk (none: seed A's own draw); with ``labels_to`` the walk goes from ``labels``
+    to ``labels_to`` at seed A's latent instead (seed B is not used)."""
     a, b = check_seed(seed_a, "seed A"), check_seed(seed_b, "seed B")
     frames = as_int(frames, "frames", LIMITS.min_frames, LIMITS.max_frames)
     mode = as_choice(mode, "mode", ["slerp", "lerp"])
+    combo_a, combo_b = label_combo(engine, labels, "label A"), label_combo(engine, labels_to, "label B")
+    kw = gen_kwargs(engine, truncation_psi)
     with torch.inference_mode():
-        x = engine.interpolate(a, b, frames=frames, mode=mode, **gen_kwargs(engine, truncation_psi))
+        if combo_b is not None:
+            if combo_a is None:
+                raise AppInputError("a walk between labels needs label A (where it starts) as well as label B")
+            x = engine.interpolate_labels(a, combo_a, combo_b, frames=frames, mode=mode, **kw)
+        else:
+            x = engine.interpolate(a, b, frames=frames, mode=mode, **kw,
+                                   **({"labels": combo_a} if combo_a is not None else {}))
     return to_uint8(x).cpu()
 
 
@@ -92,7 +137,10 @@ def style_mix(engine, row_seeds, col_seeds, crossover, truncation_psi: float | N
     kw = gen_kwargs(engine, truncation_psi)
     with torch.inference_mode():
         mixed = to_uint8(engine.style_mix(rows, cols, crossover, **kw)).cpu()
-        heads = to_uint8(engine.sample(z=torch.cat([engine.latent(1, s) for s in cols + rows]), **kw)).cpu()
+        # conditional exports: each seed's own label draw, as style_mix and the Generate grid take it
+        y = label_rows(engine, None, cols + rows)
+        heads = to_uint8(engine.sample(z=torch.cat([engine.latent(1, s) for s in cols + rows]), **kw,
+                                       **({"labels": y} if y is not None else {}))).cpu()
     blank = torch.full_like(heads[:1], 255)
     tiles = [blank, heads[:len(cols)]]
     for r in range(len(rows)):

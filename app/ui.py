@@ -26,7 +26,9 @@ from engines.errors import USER_ERRORS
 from engines.review import QUESTIONS, ReviewDBError
 
 from . import gan
+from . import text_to_image as t2i
 from . import translate as tr
+from . import upscale as upscale_ui
 from .appconfig import LIMITS, AppConfig
 from .exports import ExportCatalog, ExportEntry, RealSet, public_path, public_source_id
 from .inputs import AppInputError
@@ -454,13 +456,16 @@ class PokelabApp:
     def _psi(self, entry: ExportEntry, psi):
         return psi if "truncation" in entry.supports else None
 
-    def generate(self, key, seed, count, psi, novelty, progress=gr.Progress()):
+    def generate(self, key, seed, count, psi, novelty, labels=None, progress=gr.Progress()):
         entry = self.catalog.generator(key)
         eng = self.catalog.engine(entry.key)  # a grid takes milliseconds: progress only for novelty
-        imgs, seeds = gan.generate(eng, seed, count, self._psi(entry, psi))
+        imgs, seeds = gan.generate(eng, seed, count, self._psi(entry, psi), labels)
         grid = gan.write_grid(imgs, seeds, self.out.new(), entry.key)
         files = gan.write_pngs(_hwc(imgs), self.out.new(), [f"seed-{s}" for s in seeds])
-        gallery = [(f, f"seed {s}") for f, s in zip(files, seeds)]
+        # conditional exports: each caption names the image's labels (chosen, or drawn by its seed)
+        rows = gan.label_rows(eng, labels, seeds)
+        names = eng.label_spec.decode(rows) if rows is not None else [""] * len(seeds)
+        gallery = [(f, f"seed {s}" + (f" · {n}" if n else "")) for f, s, n in zip(files, seeds, names)]
         pairs, summary = [], ""
         if novelty:
             if not self.cfg.novelty:
@@ -499,18 +504,28 @@ class PokelabApp:
             log.exception("novelty lookup failed for %s", entry.key)
             return [], f"Novelty lookup failed ({type(e).__name__}: {str(e)[:160]}); the grid is above."
 
-    def interpolate(self, key, seed_a, seed_b, frames, mode, psi, fps, boomerang, mp4=False):
+    def interpolate(self, key, seed_a, seed_b, frames, mode, psi, fps, boomerang, mp4=False, labels=None,
+                    labels_to=None):
         entry = self.catalog.generator(key)
         eng = self.catalog.engine(entry.key)
         a, b = gan.check_seed(seed_a, "seed A"), gan.check_seed(seed_b, "seed B")
-        x = gan.interpolate(eng, a, b, frames, mode, self._psi(entry, psi))
-        gif, video = gan.write_animation(x, self.out.new(), f"{entry.key}-{a}-to-{b}-{mode}", fps, bool(boomerang),
+        x = gan.interpolate(eng, a, b, frames, mode, self._psi(entry, psi), labels, labels_to)
+        # conditional exports: label B set = a walk between labels at seed A's latent
+        combo_a, combo_b = gan.label_combo(eng, labels), gan.label_combo(eng, labels_to)
+        name = f"{entry.key}-{a}-{combo_a}-to-{combo_b}" if combo_b else f"{entry.key}-{a}-to-{b}-{mode}"
+        gif, video = gan.write_animation(x, self.out.new(), name.replace("|", "+"), fps, bool(boomerang),
                                          mp4=bool(mp4))
+        if combo_b:
+            how = "straight in W" if "w_space" in entry.supports and mode == "lerp" else "label mix"
+            info = (f"{len(x)} frames, {how}, from {combo_a} to {combo_b} at seed {a} "
+                    f"({entry.image_size} px).")
+            return gan.strip(x), gif, video, info
         if "w_space" in entry.supports:
             how = "linear in W" if mode == "lerp" else "spherical in Z, mapped to W"
         else:
             how = f"{mode} in Z"
-        info = f"{len(x)} frames, {how}, from seed {a} to seed {b} ({entry.image_size} px)."
+        held = f", label {combo_a}" if combo_a else ""
+        info = f"{len(x)} frames, {how}, from seed {a} to seed {b}{held} ({entry.image_size} px)."
         return gan.strip(x), gif, video, info
 
     def on_export_change(self, key):
@@ -522,13 +537,17 @@ class PokelabApp:
         entry = self.catalog.entries.get(key)
         n = int((entry.config.get("extra") or {}).get("num_ws") or 1) if entry else 1
         mix = "style_mixing" in (entry.supports if entry else set())
-        return facts, psi, gr.update(visible=mix), gr.update(value=max(1, n // 2))
+        vocab = entry.vocabulary if entry else []  # the label picker: conditional exports only
+        return (facts, psi, gr.update(visible=mix), gr.update(value=max(1, n // 2)),
+                gr.update(choices=vocab, value=[], visible=bool(vocab)))
 
     def on_interp_export_change(self, key):
         facts, psi = self.on_export_change(key)
         entry = self.catalog.entries.get(key)
         w = entry is not None and "w_space" in entry.supports
-        return facts, psi, gr.update(value="lerp" if w else "slerp")
+        vocab = entry.vocabulary if entry else []  # the label pickers: conditional exports only
+        pick = gr.update(choices=vocab, value=[], visible=bool(vocab))
+        return facts, psi, gr.update(value="lerp" if w else "slerp"), pick, pick
 
     def style_mix(self, key, row_seeds, col_seeds, crossover, psi):
         entry = self.catalog.generator(key)
@@ -607,6 +626,33 @@ class PokelabApp:
                                            on_step=self._sd_progress(progress))
         strip, gif = self._frames_out(pics, f"sd-prompts-seed{int(seed)}", fps)
         return strip, gif, self.sd_status()
+
+    # ---- text-to-image with GAN exports (stackgan) beside SD: app/text_to_image.py ------------------------------
+    def t2i_choices(self) -> list[tuple[str, str]]:
+        """The Text-to-image tab's engine picker: Stable Diffusion, then every export that takes a prompt."""
+        return [(f"Stable Diffusion ({self.cfg.sd_model})", "sd")] + [
+            (e.label(), f"export:{e.key}") for e in t2i.text_exports(self.catalog)]
+
+    def _text_entry(self, key) -> ExportEntry:
+        key = str(key or "")
+        entry = self.catalog.generator(key[len("export:"):] if key.startswith("export:") else key)
+        if "text" not in entry.supports:
+            raise AppInputError(f"{entry.key} ({entry.engine_name}) does not take a prompt; text-to-image "
+                                f"exports: {', '.join(e.key for e in t2i.text_exports(self.catalog)) or 'none'}")
+        return entry
+
+    def text_to_image_gan(self, key, prompt, seed, count):
+        """A grid of ``count`` images for the prompt from a text-to-image export (Stage-I above Stage-II)."""
+        entry = self._text_entry(key)
+        r = t2i.generate(self.catalog.engine(entry.key), prompt, seed, count)
+        return t2i.picture(r), t2i.info(r, entry.key, entry.image_size)
+
+    def on_t2i_engine_change(self, key):
+        """SD's controls for SD; the image count, the export's facts and its own button for a GAN export."""
+        sd = not key or key == "sd"
+        facts = "" if sd else t2i.facts(self._text_entry(key)) + "  \n" + self.quality_line(self._text_entry(key))
+        show, hide_sd = gr.update(visible=not sd), gr.update(visible=sd)
+        return (gr.update(value=facts, visible=not sd), show, show, *[hide_sd] * 10)
 
     # ---- handlers: review ---------------------------------------------------------------------------------
     def _review_view(self, s: ReviewSession, keep: tuple = (None, None, None), notice: str = ""):
@@ -737,6 +783,14 @@ class PokelabApp:
                                               info=f"{L.min_psi:g}–{L.max_psi:g} (values outside are set to the "
                                                    "nearest end); lower = more typical, less varied",
                                               visible="truncation" in first_sup)
+                            # conditional exports (cgan): the labels of every image; the handler checks them
+                            # against the export's vocabulary (an API caller may name any export)
+                            g_labels = gr.Dropdown(first_entry.vocabulary if first_entry else [], value=[],
+                                                   multiselect=True, allow_custom_value=True, label="Labels",
+                                                   info="every image gets these (two: a dual type); none: each "
+                                                        "image's own draw from the training mix",
+                                                   visible=bool(first_entry and first_entry.vocabulary),
+                                                   elem_id="gen-labels")
                             g_nov = gr.Checkbox(False, label="Nearest training image (novelty)",
                                                 info=NOVELTY_COST, visible=self.cfg.novelty)
                             g_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
@@ -776,6 +830,7 @@ class PokelabApp:
                                                        elem_classes="pl-pixel", interactive=False)
                     g_seeds = gr.State([])
                     g_selected = gr.State(None)
+                    upscale_ui.panel(self, "generate", [g_gallery, g_seeds, g_selected], "generated")
 
                 # ---------------- Interpolate ----------------
                 with gr.Tab("Interpolate", id="interpolate"):
@@ -798,6 +853,17 @@ class PokelabApp:
                             i_psi = gr.Slider(L.min_psi, L.max_psi, value=0.7, step=0.05, label="Truncation ψ",
                                               info=f"{L.min_psi:g}–{L.max_psi:g} (values outside are set to the "
                                                    "nearest end)", visible="truncation" in first_sup)
+                            # conditional exports: label A is held along a seed walk; with label B set the walk
+                            # goes from A to B at seed A's latent (the handler checks both against the vocabulary)
+                            first_vocab = first_entry.vocabulary if first_entry else []
+                            i_labels = gr.Dropdown(first_vocab, value=[], multiselect=True, allow_custom_value=True,
+                                                   label="Label A", info="held along the walk (none: seed A's own "
+                                                   "draw from the training mix)", visible=bool(first_vocab),
+                                                   elem_id="interp-labels")
+                            i_labels_to = gr.Dropdown(first_vocab, value=[], multiselect=True, allow_custom_value=True,
+                                                      label="Label B", info="set: walk from label A to label B at "
+                                                      "seed A (seed B unused)", visible=bool(first_vocab),
+                                                      elem_id="interp-labels-to")
                             i_fps = gr.Slider(L.min_fps, L.max_fps, value=12, step=1, label="GIF frames/s")
                             with gr.Row():
                                 i_boom = gr.Checkbox(False, label="Play back and forth")
@@ -853,12 +919,20 @@ class PokelabApp:
                     for name, files in self.examples:
                         gr.Examples([[f] for f in files], inputs=[x_upload], label=f"Pictures of {name} (an input set)",
                                     examples_per_page=len(files))
+                    upscale_ui.panel(self, "translate", [x_out], "translated")
 
                 # ---------------- Text-to-image ----------------
                 with gr.Tab("Text-to-image", id="txt2img"):
                     t_status = gr.Markdown(self.sd_status())
+                    t_choices = self.t2i_choices()
                     with gr.Row():
                         with gr.Column(scale=1, min_width=300):
+                            # SD, or an export that takes a prompt (stackgan): the same prompt box for both
+                            # an API caller may name a text export by its plain key (from /exports)
+                            t_engine = export_picker(t_choices, "sd", lambda: {
+                                e.key for e in t2i.text_exports(self.catalog)}, label="Engine",
+                                elem_id="t2i-engine", visible=len(t_choices) > 1)
+                            t_facts = gr.Markdown("", elem_classes="pl-facts", visible=False)
                             t_prompt = gr.Textbox("a cute red dragon pokemon with wings", label="Prompt", lines=2,
                                                   max_length=L.max_prompt_chars)
                             t_neg = gr.Textbox("", label="Negative prompt", max_length=L.max_prompt_chars)
@@ -873,14 +947,18 @@ class PokelabApp:
                                 t_h = gr.Slider(L.min_sd_size, L.max_sd_size, value=512, step=L.sd_size_step,
                                                 label="Height", elem_id="t2i-h")
                             t_attn = gr.Checkbox(True, label="Attention map per prompt token")
+                            t_count = gr.Slider(1, t2i.MAX_TEXT_IMAGES, value=8, step=1, label="Images",
+                                                info="one per seed from the seed up", visible=False)
                             t_btn = gr.Button("Generate", variant="primary", elem_id="t2i-btn")
+                            t_btn_gan = gr.Button("Generate", variant="primary", elem_id="t2i-gan-btn",
+                                                  visible=False)
                         with gr.Column(scale=2):
                             t_img = gr.Image(label="Image", elem_id="t2i-image", format="png", interactive=False,
                                              buttons=["download", "fullscreen"])
                             t_info = gr.Markdown(elem_id="t2i-info")
                     t_maps = gr.Gallery(elem_id="t2i-maps", label="Where each token looks (cross-attention, averaged over steps and layers)",
                                         columns=6, height="auto", format="png", interactive=False)
-                    with gr.Accordion("Latent interpolation", open=False):
+                    with gr.Accordion("Latent interpolation", open=False) as t_interp:
                         gr.Markdown("Walk the initial noise between two seeds (same prompt), or the text embedding "
                                     "between the prompt above and a second prompt (same seed). Each frame is a "
                                     "full diffusion run.")
@@ -930,6 +1008,7 @@ class PokelabApp:
                         with gr.Row():
                             r_submit = gr.Button("Submit and next", variant="primary", elem_id="review-submit")
                             r_skip = gr.Button("Skip this pair")
+                        upscale_ui.panel(self, "review", [r_left, r_right], "review")
 
                 # ---------------- About ----------------
                 with gr.Tab("About", id="about") as about_tab:
@@ -948,13 +1027,15 @@ class PokelabApp:
             i_show.input(show_gen, [i_show, g_export, i_export], [g_export, i_export, g_show], **priv)
             x_show.input(lambda show, key: self.picker_update("translate", show, key), [x_show, x_export], x_export,
                          **priv)
-            g_export.change(h(self.on_gen_export_change), g_export, [g_facts, g_psi, g_mix_box, g_cross], **priv)
-            i_export.change(h(self.on_interp_export_change), i_export, [i_facts, i_psi, i_mode], **priv)
+            g_export.change(h(self.on_gen_export_change), g_export, [g_facts, g_psi, g_mix_box, g_cross, g_labels],
+                            **priv)
+            i_export.change(h(self.on_interp_export_change), i_export,
+                            [i_facts, i_psi, i_mode, i_labels, i_labels_to], **priv)
             g_mix_btn.click(h(self.style_mix), [g_export, g_rows, g_cols, g_cross, g_psi], g_mix_img,
                             api_name="style_mix")
             g_dice.click(lambda: random.randrange(2**31), None, g_seed, **priv)
             g_nov.change(lambda on: (gr.update(visible=bool(on)), ""), g_nov, [g_nov_gallery, g_nov_md], **priv)
-            g_btn.click(h(self.generate), [g_export, g_seed, g_count, g_psi, g_nov],
+            g_btn.click(h(self.generate), [g_export, g_seed, g_count, g_psi, g_nov, g_labels],
                         [g_gallery, g_files, g_seeds, g_nov_gallery, g_nov_md, g_sel], api_name="generate")
 
             def on_select(seeds, evt: gr.SelectData):
@@ -974,10 +1055,16 @@ class PokelabApp:
             g_to_a.click(use_as("a"), [g_export, g_selected, i_a, i_b], [i_export, i_a, i_b, tabs], **priv)
             g_to_b.click(use_as("b"), [g_export, g_selected, i_a, i_b], [i_export, i_a, i_b, tabs], **priv)
             i_mp4.change(lambda on: gr.update(visible=bool(on)), i_mp4, i_files, **priv)
-            i_btn.click(h(self.interpolate), [i_export, i_a, i_b, i_frames, i_mode, i_psi, i_fps, i_boom, i_mp4],
+            i_btn.click(h(self.interpolate), [i_export, i_a, i_b, i_frames, i_mode, i_psi, i_fps, i_boom, i_mp4,
+                                              i_labels, i_labels_to],
                         [i_strip, i_gif, i_files, i_info], api_name="interpolate")
 
             t_attn.change(lambda on: gr.update(visible=bool(on)), t_attn, t_maps, **priv)
+            t_engine.change(h(self.on_t2i_engine_change), t_engine,
+                            [t_facts, t_count, t_btn_gan, t_btn, t_neg, t_steps, t_guid, t_w, t_h, t_attn, t_maps,
+                             t_interp, t_status], **priv)
+            t_btn_gan.click(h(self.text_to_image_gan), [t_engine, t_prompt, t_seed, t_count], [t_img, t_info],
+                            api_name="text_to_image_gan")
             sd_common = [t_neg, t_steps, t_guid]
             t_btn.click(h(self.txt2img), [t_prompt, t_neg, t_steps, t_guid, t_seed, t_w, t_h, t_attn],
                         [t_img, t_maps, t_info, t_status], api_name="text_to_image", concurrency_limit=1,

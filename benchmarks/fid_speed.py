@@ -8,7 +8,12 @@ the real set is prepared by engines.data (white background, 128 px). Routes, eac
   ours, repeated   the same process again (statistics in memory: the trainer's case)
   ours, new proc   a fresh process with the disk cache warm (`pokelab eval` run again)
   pytorch-fid CLI  the same generated images written as PNGs + `python -m pytorch_fid FAKE REAL` (FID only)
-Wall time, the process's peak RSS, the values and their relative difference are printed.
+Wall time, the process's peak RSS, the values and their relative difference are printed. The three "ours" rows
+time plain FID+KID (no intervals: ``intervals=0``), as before the intervals existed.
+
+Then, on the generated features of the repeated call (no further Inception passes), the cost of each number
+evaluate_generator can add beside plain FID, in the same process: FID's and KID's 95 % intervals, FID∞,
+precision/recall, density/coverage (``--no-extras`` skips it).
 """
 from __future__ import annotations
 
@@ -64,13 +69,48 @@ def child_ours(args) -> None:
     real = load_dataset(args.real, size=128, progress=False)
     sample_fn = make_generator()
     out = {}
+    details: dict = {}
+    device = None if args.device == "auto" else args.device
     for label in ("call1", "call2") if args.twice else ("call1",):
         t0 = time.perf_counter()
         res = evaluate_generator(sample_fn, real, n=args.n, metrics=("fid", "kid"), batch_size=args.batch_size,
-                                 device=None if args.device == "auto" else args.device, seed=0)
+                                 device=device, seed=0, details=details, intervals=0)
         out[label] = {"seconds": time.perf_counter() - t0, "fid": res["fid"], "kid": res["kid"],
                       "kid_std": res["kid_std"], "rss_mb": _peak_rss_mb()}
+    if args.twice and args.extras:
+        out["extras"] = time_extras(details["fake_features"], real, device)
     print("RESULT " + json.dumps(out))
+
+
+def time_extras(fake, real, device) -> dict:
+    """Seconds and values of each number beside plain FID, on the same generated features (real statistics in
+    memory, as in the trainer's repeated evaluations)."""
+    from engines.metrics.fid import fid_from_features, real_statistics
+    from engines.metrics.kid import kid_and_interval
+    from engines.metrics.prdc import prdc
+    from engines.metrics.small_n import WeightedFID, fid_infinity, fid_interval
+    from engines.metrics.inception import resolve_device
+
+    dev = resolve_device(device)
+    stats = real_statistics(real.key, tuple(real.images.shape[-2:]), lambda: None, name=real.name, device=dev)
+    rows = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        rows[name] = {"seconds": time.perf_counter() - t0, "value": value}
+        return value
+
+    fid = timed("FID (plain)", lambda: fid_from_features(fake, stats, dev))
+    timed("KID (100 subsets)", lambda: kid_and_interval(stats.features, fake, device=dev, replicates=0)[0])
+    timed("KID + 95% interval", lambda: kid_and_interval(stats.features, fake, device=dev)[2])
+    wf = timed("FID: half-sample setup", lambda: WeightedFID(fake, stats, dev))
+    rows["FID: half-sample setup"]["value"] = None
+    timed("FID 95% interval (100 halves)", lambda: fid_interval(fake, stats, fid, device=dev, weighted=wf))
+    timed("FID∞ (15 points)", lambda: fid_infinity(fake, stats, device=dev, weighted=wf).value)
+    timed("precision + recall (k=3)", lambda: prdc(stats.features, fake, ("precision", "recall"), device=dev))
+    timed("density + coverage (k=5)", lambda: prdc(stats.features, fake, ("density", "coverage"), device=dev))
+    return rows
 
 
 def child_write(args) -> None:
@@ -119,6 +159,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-cli", action="store_true", help="only time pokelab's route")
+    ap.add_argument("--no-extras", dest="extras", action="store_false",
+                    help="skip timing the intervals, FID∞ and precision/recall/density/coverage")
     ap.add_argument("--child", choices=["ours", "write"], help=argparse.SUPPRESS)
     ap.add_argument("--twice", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--fake-dir", help=argparse.SUPPRESS)
@@ -132,7 +174,7 @@ def main() -> None:
     env = dict(os.environ)
     env.setdefault("TORCH_HOME", str(ROOT.parent / "shared" / "torch-home"))
     me = [sys.executable, str(Path(__file__).resolve()), "--n", str(args.n), "--real", args.real,
-          "--batch-size", str(args.batch_size), "--device", args.device]
+          "--batch-size", str(args.batch_size), "--device", args.device] + ([] if args.extras else ["--no-extras"])
     # prepare the real set once (engines.data's own cache), outside every timing
     subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from engines.data import "
                     "load_dataset; load_dataset(sys.argv[2], size=128, progress=False)", str(ROOT), args.real],
@@ -183,6 +225,16 @@ def main() -> None:
               f"{rows[3][1] / rows[2][2]:.1f}x (new process, whole process time)")
     print("eval s: time inside evaluate_generator (sampling included); proc s: the whole process (imports, "
           "model load). CLI route eval s = writing the generated PNGs + the CLI process.")
+    if first.get("extras"):
+        plain = first["extras"]["FID (plain)"]["seconds"]
+        print(f"\nbeside plain FID, on the same {args.n} generated features (same process, real statistics in memory; "
+              f"the Inception passes of a repeated call took {first['call2']['seconds']:.1f} s):")
+        print(f"{'number':<32} {'seconds':>8} {'x plain FID':>11}  value")
+        for name, row in first["extras"].items():
+            v = row["value"]
+            shown = ("" if v is None else f"{v[0]:.4g} .. {v[1]:.4g}" if isinstance(v, list) else
+                     ", ".join(f"{k} {x:.4f}" for k, x in v.items()) if isinstance(v, dict) else f"{v:.5g}")
+            print(f"{name:<32} {row['seconds']:8.2f} {row['seconds'] / plain:11.1f}  {shown}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     python benchmarks/train_throughput.py --engines dcgan wgan_gp --sizes 64 --steps 10
     python benchmarks/train_throughput.py --engines stylegan2_ada --sizes 64 --batch 32 \
         --set channel_base=2048 --set channel_max=128 --set z_dim=128 --set w_dim=128 --set mapping_layers=4
-    python benchmarks/train_throughput.py --engines cyclegan cartoongan ugatit --sizes 128 --steps 4
+    python benchmarks/train_throughput.py --engines cyclegan cartoongan ugatit pix2pix --sizes 128 --steps 4
+    python benchmarks/train_throughput.py --engines srgan --sizes 256 --batch 16 --steps 3   # x4, 96 px crops
     python benchmarks/train_throughput.py --engines dcgan projected_gan --sizes 64 --batch 16 --steps 3 \
         --set cpu_amp=true --set projected_gan:ngf=16 --set projected_gan:d_cout=16
     python benchmarks/train_throughput.py --checkpoint-every 1       # the old cadence: a checkpoint every epoch
@@ -51,11 +52,15 @@ def synthetic(n: int, size: int):
 
 WIDTH_KEYS = {"dcgan": ("g_width", "d_width"), "wgan_gp": ("g_width", "d_width"),
               "aegan": ("g_width", "d_width", "e_width"), "cyclegan": ("ngf", "ndf"), "ugatit": ("ngf", "ndf"),
-              "cartoongan": ("ngf", "ndf"), "projected_gan": ("ngf",)}
-TRANSLATION = ("cyclegan", "cartoongan", "ugatit")
+              "cartoongan": ("ngf", "ndf"), "projected_gan": ("ngf",), "pix2pix": ("ngf", "ndf"),
+              "srgan": ("g_width", "d_width")}
+TRANSLATION = ("cyclegan", "cartoongan", "ugatit", "pix2pix")
 #: settings that make a two-epoch measurement time the engine's main phase (CartoonGAN would otherwise
 #: spend both epochs in its reconstruction-only initialisation)
-TIMING_SETTINGS = {"cartoongan": ["init_epochs=0"]}
+TIMING_SETTINGS = {"cartoongan": ["init_epochs=0"],
+                   "pix2pix": ["val_fraction=0"],  # every synthetic pair trains: the same steps per epoch
+                   # epoch 1 the MSE pre-training, epoch 2 (the timed one) the GAN phase; no held-out pictures
+                   "srgan": ["val_fraction=0", "pretrain_epochs=1"]}
 #: the engine whose nets each plain loop trains
 PLAIN = {"plain": "dcgan", "plain-cyclegan": "cyclegan", "plain-projected": "projected_gan"}
 
@@ -94,7 +99,9 @@ def run_trainer(engine: str, size: int, batch: int, steps: int, width: int | Non
     from engines.trainer import Trainer
 
     cls = get_engine(engine)
+    # file names 0.png, 1.png ... on both sides: paired engines (pix2pix) pair picture i with picture i
     sets = [types.SimpleNamespace(images=synthetic(batch * steps, size), key=f"bench{d}", name=f"bench{d}",
+                                  files=[f"{i}.png" for i in range(batch * steps)],
                                   source="synthetic") for d in range(cls.domains)]
     cfg = bench_config(engine, size, batch, width, augment, device, overrides, checkpoint_every, sample_every)
     with tempfile.TemporaryDirectory() as d:

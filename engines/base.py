@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .distributed import sync_gradients
+
 
 class Engine(nn.Module):
     name: ClassVar[str] = ""
@@ -42,6 +44,15 @@ class Engine(nn.Module):
     #: engines.metrics' evaluate_generator enters): how the engine's reference implementation measures, e.g.
     #: StyleGAN2's per-sample random noise. Grids, the app and explicit keyword arguments are not affected.
     metrics_sample_kwargs: ClassVar[dict[str, Any]] = {}
+    #: every optimiser step of ``train_step`` goes through ``accumulate`` (its losses are computed per micro-batch,
+    #: so ``--set batch_gpu=K`` can split a rank's batch; stylegan2-ada's --batch-gpu); engines whose steps share
+    #: one forward pass between phases keep False and the trainer refuses batch_gpu for them
+    supports_batch_gpu: ClassVar[bool] = False
+    #: conditioned on labels (engines.labels.ConditionalEngine): the trainer feeds (images, labels) batches
+    conditional: ClassVar[bool] = False
+    #: trains with labels when given them and without otherwise (stylegan2_ada, projected_gan): the trainer and
+    #: the CLI accept --labels without requiring them; ``conditional`` is then the instance's (engines.labels)
+    labels_optional: ClassVar[bool] = False
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -70,6 +81,10 @@ class Engine(nn.Module):
         self.amp_dtype: torch.dtype | None = None
         # one loss scaler per optimiser (fp16 only): an overflow in D's backward must not shrink G's scale
         self.scalers: dict[str, torch.amp.GradScaler] = {}
+        # data parallelism (set by the trainer; engines/distributed.py): processes sharing the global batch, and
+        # micro-batches per optimiser step on this rank (batch_gpu): 1 and 1 in one process
+        self.world_size = 1
+        self.batch_rounds = 1
 
     # ---- set-up by the trainer -------------------------------------------------
     @property
@@ -108,21 +123,63 @@ class Engine(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def optimize(self, name: str, loss: torch.Tensor) -> None:
-        """zero_grad / backward / step for one optimiser, with its own loss scaler under fp16.
+    def global_batch(self, n: int) -> int:
+        """Images per optimiser step over every rank, from this rank's ``n`` (schedules counted in images, the
+        EMA half-life and R1's auto gamma must not change with the number of processes)."""
+        return int(n) * self.world_size
 
-        Without a scaler, gradients are cleaned with nan_to_num first, as stylegan2-ada-pytorch does: one
-        inf would otherwise poison Adam's moments for good (and make the NaN guard halve the lr for nothing).
-        Under fp16 the scaler's own check skips the step and lowers the scale instead."""
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """zero_grad / backward / step for one optimiser, with its own loss scaler under fp16."""
+        self.optimizers[name].zero_grad(set_to_none=True)
+        self._backward(name, loss)
+        self._step(name)
+
+    def accumulate(self, name: str, loss_fn, *inputs: torch.Tensor, gain: float = 1.0) -> dict[str, torch.Tensor]:
+        """One step of optimiser ``name`` whose loss is computed in ``batch_rounds`` micro-batches: every tensor
+        of ``inputs`` is split along dim 0 and ``loss_fn(*pieces)`` returns a dict with that piece's mean
+        ``"loss"`` (and any other tensors the caller wants back). Each piece's backward is weighted by its share
+        of the rows (times ``gain``), so the gradients add up to the whole batch's before the one step, as
+        stylegan2-ada's --batch-gpu. Returns the dict for the whole batch: ``loss`` the weighted mean, 0-d
+        tensors averaged the same way, other tensors concatenated. With one round this is ``optimize``."""
+        rows = int(inputs[0].shape[0])
+        rounds = max(1, min(self.batch_rounds, *(int(x.shape[0]) for x in inputs)))
+        if rounds == 1:  # the whole batch at once: exactly the optimize() path
+            out = loss_fn(*inputs)
+            self.optimize(name, out["loss"] if gain == 1 else out["loss"] * gain)
+            return {k: v.detach() for k, v in out.items()}
+        self.optimizers[name].zero_grad(set_to_none=True)
+        parts: list[tuple[float, dict[str, torch.Tensor]]] = []
+        for piece in zip(*(torch.tensor_split(x, rounds) for x in inputs)):
+            share = int(piece[0].shape[0]) / rows
+            out = loss_fn(*piece)
+            w = share * gain
+            self._backward(name, out["loss"] if w == 1 else out["loss"] * w)
+            parts.append((share, {k: v.detach() for k, v in out.items()}))
+        self._step(name)
+        if len(parts) == 1:
+            return parts[0][1]
+        return {k: (sum(s * p[k] for s, p in parts) if parts[0][1][k].dim() == 0 else torch.cat([p[k] for _, p in parts]))
+                for k in parts[0][1]}
+
+    def _backward(self, name: str, loss: torch.Tensor) -> None:
+        scaler = self.scalers.get(name)
+        (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
+
+    def _step(self, name: str) -> None:
+        """The one place every optimiser step of every engine goes through: the gradients are averaged over the
+        ranks (one flattened all-reduce; nothing in one process), then the step.
+
+        Without a scaler, gradients are cleaned with nan_to_num first, as stylegan2-ada-pytorch does (after the
+        all-reduce, so every rank cleans the same numbers): one inf would otherwise poison Adam's moments for
+        good (and make the NaN guard halve the lr for nothing). Under fp16 the scaler's own check skips the step
+        and lowers the scale instead (on every rank alike: they hold the same reduced gradients)."""
         opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
+        sync_gradients(name, opt)
         scaler = self.scalers.get(name)
         if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
         else:
-            loss.backward()
             clean_gradients(opt)
             opt.step()
 
@@ -184,8 +241,8 @@ class Engine(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = [self.generate(z[i:i + batch_size].to(self.device), **gen_kwargs).float().clamp(-1, 1)
-                   for i in range(0, len(z), batch_size)]
+            out = [self.generate(z[i:i + batch_size].to(self.device), **_batch_rows(gen_kwargs, i, batch_size, len(z)))
+                   .float().clamp(-1, 1) for i in range(0, len(z), batch_size)]
         finally:
             self.train(was_training)
         return torch.cat(out)
@@ -253,6 +310,13 @@ class Engine(nn.Module):
                 s.load_state_dict(saved[k])
         if state.get("augment") and hasattr(self.augment, "load_state_dict"):
             self.augment.load_state_dict(state["augment"])
+
+
+def _batch_rows(kwargs: dict[str, Any], start: int, size: int, n: int) -> dict[str, Any]:
+    """One batch's ``generate`` keyword arguments: a tensor with one row per latent (a conditional engine's
+    labels) is cut like z; everything else is passed whole."""
+    return {k: v[start:start + size] if torch.is_tensor(v) and v.dim() > 0 and len(v) == n else v
+            for k, v in kwargs.items()}
 
 
 _METRICS_SAMPLING: contextvars.ContextVar[bool] = contextvars.ContextVar("pokelab_metrics_sampling", default=False)

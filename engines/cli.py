@@ -1,4 +1,4 @@
-"""``pokelab`` command line: train, sample, interpolate, translate, gif, data, eval, engines."""
+"""``pokelab`` command line: train, sample, interpolate, translate, upscale, gif, data, eval, export-tb, sweep, engines."""
 from __future__ import annotations
 
 import argparse
@@ -14,29 +14,52 @@ def _train(args) -> int:
     from .config import TrainConfig, apply_overrides
     from .trainer import Trainer
 
+    if args.resume and (args.labels or args.label_column):
+        raise ValueError("--resume uses the labels the run recorded; drop --labels/--label-column")
+    if args.label_column and not args.labels:
+        raise ValueError("--label-column needs --labels FILE")
     if args.resume:
         t = Trainer.resume(args.resume, epochs=args.epochs, progress=args.progress, max_hours=args.max_hours)
-        print(f"resuming {t.run_dir} at epoch {t.epoch}/{t.cfg.epochs}")
+        if t.is_main:  # under torchrun rank 0 speaks for the job
+            print(f"resuming {t.run_dir} at epoch {t.epoch}/{t.cfg.epochs}")
     else:
         if not args.engine:
             raise ValueError("pokelab train needs an ENGINE (or --resume RUN_DIR); see `pokelab engines`")
         from .registry import get_engine
 
         cls = get_engine(args.engine)  # unknown engine: clear error before touching the data
+        if args.labels and not (cls.conditional or cls.labels_optional):
+            from .registry import list_engines
+
+            conditional = [n for n in list_engines() if get_engine(n).conditional or get_engine(n).labels_optional]
+            raise ValueError(f"engine {args.engine!r} is not conditional and cannot use --labels; conditional "
+                             f"engines: {', '.join(conditional) or 'none'}")
+        if cls.conditional and not args.labels:
+            raise ValueError(f"engine {args.engine!r} is conditional: give the labels with --labels FILE (a CSV "
+                             "with an id or file column, or a dataset.json)")
         cfg = TrainConfig.for_engine(cls)
         for name in ("epochs", "batch_size", "image_size", "seed", "max_hours"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
         apply_overrides(cfg, args.set or [])
         cls.resolve_config(cfg.engine)  # validate engine keys now
-        data = _load_training_data(cls, args, cfg)
-        t = Trainer(args.engine, data, args.runs, cfg, progress=args.progress)
-        print(f"run directory: {t.run_dir}")
-    run_dir = t.fit()
-    from .runs import read_info
+        from . import distributed
 
-    status = read_info(run_dir)["status"]
-    print(f"{status}: {run_dir}")
+        distributed.init(cfg.device, cfg.dist_backend)  # under torchrun: join the job before touching the data
+        with distributed.local_main_first():  # one process per machine prepares the dataset cache
+            data = _load_training_data(cls, args, cfg)
+        info = {"tag": args.tag} if args.tag else {}
+        if args.sweep_info:  # set by `pokelab sweep` (engines.sweep): the run's place in its grid
+            import json
+
+            info["sweep"] = json.loads(args.sweep_info)
+        t = Trainer(args.engine, data, args.runs, cfg, progress=args.progress, info=info)
+        if t.is_main:
+            print(f"run directory: {t.run_dir}")
+    run_dir = t.fit()
+    status = t.status  # what run.json now says (the other ranks of a torchrun job never read the run folder)
+    if t.is_main:
+        print(f"{status}: {run_dir}")
     return 0 if status == "finished" else 130 if status == "interrupted" else 1
 
 
@@ -50,7 +73,13 @@ def _load_training_data(cls, args, cfg):
                 load_dataset(args.target, size=cfg.image_size, background=cfg.background))
     if not args.data:
         raise ValueError("give the training images with --data FOLDER_OR_PREPARED")
-    return load_dataset(args.data, size=cfg.image_size, background=cfg.background)
+    ds = load_dataset(args.data, size=cfg.image_size, background=cfg.background)
+    if getattr(args, "labels", None):
+        from .labels import load_labels
+
+        ds = load_labels(ds, args.labels, args.label_column)
+        print(ds.label_report.format(), file=sys.stderr)  # every image left out, by name (also in run.json)
+    return ds
 
 
 def _device(name: str):
@@ -67,7 +96,23 @@ def _sample(args) -> int:
         raise ValueError("--n must be between 1 and 4096")
     engine = load_export(args.target, device=_device(args.device))
     kw = {"truncation_psi": args.truncation} if args.truncation is not None else {}
-    imgs = engine.sample(n=args.n, seed=args.seed, **kw)
+    if args.label:
+        if not getattr(engine, "conditional", False):
+            raise ValueError(f"{args.target}: engine {engine.name!r} is not conditional; --label needs a "
+                             "conditional export (cgan, or stylegan2_ada / projected_gan trained with --labels)")
+        # every --label (and every part of 'A|B') names one label of the combination; an unknown one is an
+        # error that lists the vocabulary, before anything is written
+        kw["labels"] = engine.label_spec.text(engine.label_spec.indices(args.label, "--label: "))
+    if args.prompt is not None:
+        if not hasattr(engine, "prompt_notes"):
+            raise ValueError(f"{args.target}: engine {engine.name!r} takes no text; --prompt needs a text-to-image "
+                             "export (stackgan)")
+        if args.label:
+            raise ValueError("give --prompt or --label, not both (labels pick training captions)")
+        kw["prompt"] = args.prompt
+        for note in engine.prompt_notes(args.prompt):  # unknown words left out, a cut prompt
+            print(f"note: {note}", file=sys.stderr)
+    imgs = engine.sample(n=args.n, seed=args.seed, **kw)  # a prompt with no known word fails here, nothing written
     save_grid(imgs, args.out)
     print(f"wrote {args.n} samples ({engine.name}, {engine.image_size} px) to {args.out}")
     return 0
@@ -79,19 +124,37 @@ def _interpolate(args) -> int:
     from .export import load_export
     from .images import save_gif, to_pil_list
 
-    if len(args.seeds) < 2:
-        raise ValueError("--seeds needs at least two seeds")
+    if args.label_to and not args.label:
+        raise ValueError("--label-to needs --label (the label the walk starts from)")
+    seeds = args.seeds if args.seeds is not None else ([1] if args.label_to else [1, 2])
+    if args.label_to and len(seeds) != 1:
+        raise ValueError("--label-to walks between labels at one latent: give one seed (--seeds S)")
+    if not args.label_to and len(seeds) < 2:
+        raise ValueError("--seeds needs at least two seeds (or --label A --label-to B for a walk between labels)")
     if not 2 <= args.frames <= 512:
         raise ValueError("--frames must be between 2 and 512")
     engine = load_export(args.target, device=_device(args.device))
     kw = {"truncation_psi": args.truncation} if args.truncation is not None else {}
     if args.mode:  # otherwise the engine's own default (slerp in z; a straight line in W for StyleGAN2)
         kw["mode"] = args.mode
-    legs = [engine.interpolate(a, b, frames=args.frames, **kw)
-            for a, b in zip(args.seeds[:-1], args.seeds[1:])]
-    frames = torch.cat([leg if i == 0 else leg[1:] for i, leg in enumerate(legs)])
-    save_gif(to_pil_list(frames), args.out, fps=args.fps, boomerang=len(args.seeds) == 2)
-    print(f"wrote {len(frames)} frames to {args.out}")
+    if args.label:
+        if not getattr(engine, "conditional", False):
+            raise ValueError(f"{args.target}: engine {engine.name!r} is not conditional; --label needs a "
+                             "conditional export (cgan, or stylegan2_ada / projected_gan trained with --labels)")
+        spec = engine.label_spec  # unknown labels: an error listing the vocabulary, before anything is written
+        label_a = spec.text(spec.indices(args.label, "--label: "))
+        label_b = spec.text(spec.indices(args.label_to, "--label-to: ")) if args.label_to else None
+    if args.label_to:  # one latent, the label walks (StyleGAN2: straight in W between the two labels' w)
+        frames = engine.interpolate_labels(seeds[0], label_a, label_b, frames=args.frames, **kw)
+        what = f"from {label_a} to {label_b} at seed {seeds[0]}"
+    else:
+        if args.label:
+            kw["labels"] = label_a  # held along the walk
+        legs = [engine.interpolate(a, b, frames=args.frames, **kw) for a, b in zip(seeds[:-1], seeds[1:])]
+        frames = torch.cat([leg if i == 0 else leg[1:] for i, leg in enumerate(legs)])
+        what = f"through seeds {', '.join(map(str, seeds))}"
+    save_gif(to_pil_list(frames), args.out, fps=args.fps, boomerang=len(seeds) == 2 or bool(args.label_to))
+    print(f"wrote {len(frames)} frames ({what}) to {args.out}")
     return 0
 
 
@@ -110,8 +173,10 @@ def _translate(args) -> int:
         raise ValueError("--batch-size must be at least 1")
     engine = load_export(args.target, device=_device(args.device))
     if getattr(engine, "kind", "generate") != "translate":
-        raise ValueError(f"{args.target}: engine {engine.name!r} generates images; `pokelab translate` needs a "
-                         "translation export (use `pokelab sample` for generators)")
+        other = ("upscales pictures; `pokelab translate` needs a translation export (use `pokelab upscale`)"
+                 if getattr(engine, "kind", "") == "upscale" else
+                 "generates images; `pokelab translate` needs a translation export (use `pokelab sample` for generators)")
+        raise ValueError(f"{args.target}: engine {engine.name!r} {other}")
     direction = engine.check_direction(args.direction)  # a clear error before the pictures are read
     # the training pipeline's preparation (pad to a square, never crop; optional rembg), at the engine's size
     pics = load_dataset(args.inputs, size=engine.image_size, background=args.background,
@@ -171,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a trainer or engine setting, e.g. --set lr=1e-4 --set eval_every=0")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--labels", metavar="FILE",
+                   help="conditional engines: per-image labels, a CSV with an id or file column (matched to the "
+                        "image file names) or stylegan2-ada's dataset.json; 'A|B' is two labels")
+    t.add_argument("--label-column", metavar="COLUMN", help="the CSV column holding the labels (e.g. types)")
+    t.add_argument("--tag", help="a tag stored in run.json (the studio groups runs by it; `pokelab sweep` sets it)")
+    t.add_argument("--sweep-info", help=argparse.SUPPRESS)
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
     t.set_defaults(func=_train)
@@ -180,13 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--truncation", type=float, help="truncation psi (engines that support it)")
+    s.add_argument("--label", action="append", metavar="LABEL",
+                   help="conditional exports: the label of every sample, e.g. Fire; repeat it (or write "
+                        "'Grass|Poison') for a combination. Default: drawn from the training mix")
+    s.add_argument("--prompt", metavar="TEXT",
+                   help="text-to-image exports (stackgan): the caption of every sample. Default: training captions")
     s.add_argument("--out", default="samples.png")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_sample)
 
     i = sub.add_parser("interpolate", help="a latent walk between seeds as an animated GIF")
     i.add_argument("target", help="export folder or run folder")
-    i.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    i.add_argument("--seeds", type=int, nargs="+", help="the seeds walked through (default: 1 2; with --label-to "
+                                                         "one seed, default 1)")
+    i.add_argument("--label", action="append", metavar="LABEL",
+                   help="conditional exports: the label held along the walk (repeat it, or 'A|B', for a combination); "
+                        "with --label-to, where the walk between labels starts")
+    i.add_argument("--label-to", action="append", metavar="LABEL",
+                   help="conditional exports: walk from --label to this label at one seed's latent (repeatable)")
     i.add_argument("--frames", type=int, default=24, help="frames per leg")
     i.add_argument("--mode", help="slerp or lerp in z; StyleGAN2 also takes w (its default) — "
                                   "default: the engine's own")
@@ -220,15 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("engines", help="list the available engines")
     e.set_defaults(func=_engines)
 
+    from .sweep import add_sweep_command
+
+    add_sweep_command(sub)
+
     from .data import add_data_commands
+    from .logsinks import add_export_tb_command
 
     add_data_commands(sub)
+    from .upscale.cli import add_upscale_command
+
+    add_upscale_command(sub)
+    add_export_tb_command(sub)
     try:
         from .metrics.cli import add_eval_command
     except ImportError:
         pass
     else:
         add_eval_command(sub)
+        from .metrics.paired_eval import add_eval_paired_command
+
+        add_eval_paired_command(sub)
     return p
 
 
@@ -248,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        dist = sys.modules.get("engines.distributed")
+        if dist is not None:  # a torchrun job that failed before training still leaves its process group
+            dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ class TrainConfig:
     eval_every: int = 10          # 0 disables evaluation during training
     eval_n: int = 2000            # generated samples per evaluation
     eval_metrics: str = "fid,kid,ms_ssim"
+    eval_budget: float = 0.15     # off CUDA: most of a run's time evaluation may take (0: off; eval_cadence.py)
     checkpoint_every: int = 0     # epochs; 0: by time (checkpoint_minutes). Always also at epoch 0, at the end,
     #                               on SIGINT/SIGTERM and after a NaN rollback (docs/training.md)
     checkpoint_minutes: float = 5.0  # checkpoint_every=0: at the first epoch end this long after the last checkpoint
@@ -32,6 +33,11 @@ class TrainConfig:
     nan_policy: str = "rollback"  # rollback (to the last checkpoint with a lower lr) | stop
     nan_lr_factor: float = 0.5
     max_nan_rollbacks: int = 3
+    # several processes (torchrun; docs/training.md): batch_size stays the global batch, split over the processes
+    batch_gpu: int = 0            # rows per micro-batch on each process (gradient accumulation); 0: its whole share
+    dist_backend: str = "auto"    # auto (NCCL on CUDA, Gloo on CPUs) | nccl | gloo
+    tensorboard: bool = False     # mirror metrics and grids to RUN/tensorboard (engines.logsinks; needs `tensorboard`)
+    wandb_project: str | None = None  # mirror them to this Weights & Biases project (needs `wandb`)
     engine: dict[str, Any] = field(default_factory=dict)  # engine overrides (see the engine's default_config)
 
     def validate(self) -> "TrainConfig":
@@ -45,10 +51,17 @@ class TrainConfig:
             raise ValueError("checkpoint_minutes must be >= 0 (0: no time-based checkpoints)")
         if not float(self.max_hours) >= 0:
             raise ValueError("max_hours must be >= 0 (0: no wall-clock budget)")
+        if not 0 <= float(self.eval_budget) < 1:
+            raise ValueError("eval_budget must be in [0, 1): the largest share of a run's time spent evaluating "
+                             "(0: no budget, the protocol cadence)")
         if self.nan_policy not in ("rollback", "stop"):
             raise ValueError("nan_policy must be 'rollback' or 'stop'")
         if not 0 < self.nan_lr_factor <= 1:
             raise ValueError("nan_lr_factor must be in (0, 1]")
+        if int(self.batch_gpu) < 0:
+            raise ValueError("batch_gpu must be >= 0 (0: no gradient accumulation)")
+        if str(self.dist_backend).lower() not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"dist_backend must be auto, nccl or gloo, not {self.dist_backend!r}")
         return self
 
     @classmethod
@@ -79,6 +92,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def mark_explicit(cfg: TrainConfig, *names: str) -> None:
+    """Remember that these settings were given explicitly (``--set``), not left at the protocol's defaults:
+    the evaluation cadence keeps an explicit eval_every / eval_n (engines/eval_cadence.py). Kept beside the
+    dataclass fields, so it never shows up in run.json's config."""
+    cfg.__dict__.setdefault("_explicit", set()).update(names)
+
+
+def explicit_settings(cfg: TrainConfig) -> set[str]:
+    return set(cfg.__dict__.get("_explicit", ()))
+
+
 def apply_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
     """``key=value`` pairs: trainer fields by name; ``engine.k`` / ``augment_options.k`` for those dicts;
     any other bare key goes to the engine (validated later against the engine's defaults)."""
@@ -95,12 +119,15 @@ def apply_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
             getattr(cfg, head)[sub] = value
         elif key in fields and key not in ("engine", "augment_options"):
             current = getattr(cfg, key)
+            if key == "augment" and value is None:  # `--set augment=none` means no augmentation, not the default
+                value = "none"
             if isinstance(current, bool) and not isinstance(value, bool):
                 raise ValueError(f"{key} expects true/false")
             if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) \
                     and value.is_integer():
                 value = int(value)
             setattr(cfg, key, value)
+            mark_explicit(cfg, key)
         else:
             cfg.engine[key] = value
     return cfg

@@ -470,13 +470,19 @@ def _rgb_alpha(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return arr, None
 
 
+def _flatten(rgb: np.ndarray, alpha: np.ndarray | None, background: str) -> np.ndarray:
+    """Transparency composited on the background colour ('none': the colour under it is kept)."""
+    if alpha is None or background == "none":
+        return rgb
+    a = alpha.astype(np.uint16)[:, :, None]
+    return ((rgb.astype(np.uint16) * a + _BG_VALUE[background] * (255 - a) + 127) // 255).astype(np.uint8)
+
+
 def _to_square(rgb: np.ndarray, alpha: np.ndarray | None, size: int, background: str) -> np.ndarray:
     bg = _BG_VALUE[background]
-    if alpha is not None and background != "none":
-        # Flatten before resizing: resizing first would blend the colour hidden under transparent
-        # pixels into the edges (dark or coloured halos).
-        a = alpha.astype(np.uint16)[:, :, None]
-        rgb = ((rgb.astype(np.uint16) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+    # Flatten before resizing: resizing first would blend the colour hidden under transparent
+    # pixels into the edges (dark or coloured halos).
+    rgb = _flatten(rgb, alpha, background)
     h, w = rgb.shape[:2]
     side = max(h, w)
     if h != w:  # pad with the background, centred: the whole art survives
@@ -493,6 +499,15 @@ def _to_square(rgb: np.ndarray, alpha: np.ndarray | None, size: int, background:
 def _decode_array(data: bytes, size: int, background: str, max_pixels: int,
                   removal: _Removal | None = None) -> np.ndarray:
     """Encoded file bytes -> S x S x 3 uint8, or raise _Skip with the reason."""
+    rgb, alpha = _decode_rgb_alpha(data, max_pixels)
+    if removal is not None:  # before flattening, so the cut-out lands on the background colour
+        alpha = removal.apply(rgb, alpha)
+    return _to_square(rgb, alpha, size, background)
+
+
+def _decode_rgb_alpha(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Encoded file bytes -> (H x W x 3 uint8 colour, alpha or None) at the picture's own size, EXIF
+    rotation applied; or raise _Skip with the reason."""
     if not data:
         raise _Skip("empty file (0 bytes)")
     # No warnings.catch_warnings() here: it is not thread-safe and decoding runs in threads; our own
@@ -527,9 +542,7 @@ def _decode_array(data: bytes, size: int, background: str, max_pixels: int,
             raise _Skip(f"out of memory decoding a {w}x{h} image") from None
         except Exception as e:  # noqa: BLE001
             raise _Skip(f"truncated or corrupt image data ({_short(e)})") from None
-    if removal is not None:  # before flattening, so the cut-out lands on the background colour
-        alpha = removal.apply(rgb, alpha)
-    return _to_square(rgb, alpha, size, background)
+    return rgb, alpha
 
 
 def prepare_image(image: "Image.Image | bytes | str | os.PathLike", size: int = 128,
@@ -561,19 +574,83 @@ def prepare_image(image: "Image.Image | bytes | str | os.PathLike", size: int = 
                 return _to_square(rgb, alpha, size, background)
             if isinstance(image, (bytes, bytearray, memoryview)):
                 return _decode_array(bytes(image), size, background, max_pixels, removal)
-            path = Path(image)
-            try:
-                with _open_regular(path) as f:
-                    data = _read_at_most(f, DEFAULT_MAX_FILE_BYTES)
-            except _NotRegular as e:
-                raise DataError(f"{path}: cannot read ({e})") from None
-            except OSError as e:
-                raise DataError(f"{path}: cannot read ({_short(e)})") from None
-            if len(data) > DEFAULT_MAX_FILE_BYTES:
-                raise DataError(f"{path}: {_too_big()}")
-            return _decode_array(data, size, background, max_pixels, removal)
+            return _decode_array(_read_path(Path(image)), size, background, max_pixels, removal)
         except _Skip as e:
             raise DataError(f"cannot use this image: {e}") from None
+
+
+def _read_path(path: Path) -> bytes:
+    """A regular file's bytes (links followed, FIFOs and devices refused), at most the file size limit."""
+    try:
+        with _open_regular(path) as f:
+            data = _read_at_most(f, DEFAULT_MAX_FILE_BYTES)
+    except _NotRegular as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({_short(e)})") from None
+    if len(data) > DEFAULT_MAX_FILE_BYTES:
+        raise DataError(f"{path}: {_too_big()}")
+    return data
+
+
+def read_picture(image: "bytes | str | os.PathLike", background: str = "white",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One picture (encoded bytes or a path) -> H x W x 3 uint8 at its own size: the checks and decoding of
+    ``prepare`` (file size, pixel count before decoding, truncated data, EXIF rotation, any mode) and its
+    transparency flattened on ``background``, but no padding and no resizing (``pokelab upscale``). Raises
+    DataError with the reason if it cannot be used."""
+    _size, background, max_pixels = _check_options(MIN_SIZE, background, max_pixels)  # no size: any will do
+    data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else _read_path(Path(image))
+    with _strict_truncation():
+        try:
+            rgb, alpha = _decode_rgb_alpha(data, max_pixels)
+        except _Skip as e:
+            raise DataError(f"cannot use this image: {e}") from None
+    arr = _flatten(rgb, alpha, background)
+    # a writable array of its own (np.asarray of a PIL image is read-only; torch.from_numpy warns on those)
+    return arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr)
+
+
+def find_pictures(paths: "list[str | os.PathLike]") -> tuple[list[tuple[str, str]], list[tuple[str, str]], int]:
+    """Pictures named on a command line (files or folders) -> ([(name, path)], [(name, reason)] skipped,
+    count of non-image files ignored), in the order given, each folder in natural order. A folder is walked
+    as ``prepare`` walks one (hidden files and __MACOSX ignored; a link to a regular file followed, a broken
+    link, a link to a folder and special files skipped with the reason); its pictures are named relative to
+    it. A file is named by its own name; one that is not a regular file is skipped. A name met twice keeps
+    its first picture (the later one is skipped: both would be written to the same place)."""
+    found: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    ignored = 0
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            recs = list(_FolderSource(p).walk())
+            ignored += sum(r is None for r in recs)
+            recs = sorted((r for r in recs if r is not None), key=lambda r: natural_key(r.name))
+            items = [(r.name, r.ref, r.problem) for r in recs]
+        else:
+            problem = None
+            try:
+                st = os.stat(p)
+                if not stat.S_ISREG(st.st_mode):
+                    problem = f"{_kind(st.st_mode)}, not a regular file (not read)"
+                elif st.st_size > DEFAULT_MAX_FILE_BYTES:
+                    problem = _too_big(st.st_size)
+            except OSError as e:
+                problem = ("broken link (its target does not exist)" if os.path.islink(p) else
+                           "no such file or folder" if isinstance(e, FileNotFoundError) else f"unreadable ({_short(e)})")
+            items = [(p.name, None if problem else str(p), problem)]
+        taken = {name for name, _ in found}
+        for name, ref, problem in items:
+            if problem or ref is None:
+                skipped.append((name, problem or "not read"))
+            elif name in taken:
+                skipped.append((name, "another picture of the same name comes first (both would be written to "
+                                      "the same file)"))
+            else:
+                found.append((name, str(ref)))
+                taken.add(name)
+    return found, skipped, ignored
 
 
 # ---- sources: folder, zip, tar -------------------------------------------------------------------

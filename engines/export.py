@@ -28,6 +28,8 @@ from .runs import atomic_write_bytes, atomic_write_json, export_dir, is_run_dir
 EXPORT_FORMAT = "pokelab-export"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+#: what an export can be (engines.base.Engine.kind): a generator, a translator, an upscaler (super-resolution)
+KINDS = ("generate", "translate", "upscale")
 
 
 #: the largest image side an export (or a resumed run) may name
@@ -151,8 +153,8 @@ def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
     bad = []
     if not isinstance(cfg["engine"], str):
         bad.append(f"'engine' must be text, not {type(cfg['engine']).__name__}")
-    if cfg.get("kind") is not None and cfg.get("kind") not in ("generate", "translate"):
-        bad.append(f"'kind' must be 'generate' or 'translate', not {str(cfg.get('kind'))[:40]!r}")
+    if cfg.get("kind") is not None and cfg.get("kind") not in KINDS:
+        bad.append(f"'kind' must be one of {', '.join(KINDS)}, not {str(cfg.get('kind'))[:40]!r}")
     size = cfg.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
         bad.append(f"'image_size' must be a whole number of pixels between 1 and {MAX_IMAGE_SIZE}, "

@@ -13,9 +13,13 @@ _MODULES = {
     "aegan": "engines.generate.aegan",
     "projected_gan": "engines.generate.projected_gan",
     "pggan": "engines.generate.pggan",
+    "cgan": "engines.generate.cgan",
     "cyclegan": "engines.translate.cyclegan",
     "cartoongan": "engines.translate.cartoongan",
     "ugatit": "engines.translate.ugatit",
+    "srgan": "engines.upscale.srgan",
+    "pix2pix": "engines.translate.pix2pix",
+    "stackgan": "engines.generate.stackgan",
 }
 
 _REGISTRY: dict[str, type] = {}

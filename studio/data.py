@@ -58,13 +58,14 @@ CORRESPONDENCE_ALPHA = 0.05
 #: ... and only with at least this many rows (with n rows the smallest possible p is 1/n!)
 CORRESPONDENCE_MIN_ROWS = 5
 
-KINDS = ("generate", "translate")
+KINDS = ("generate", "translate", "upscale")  # upscale: super-resolution runs (srgan; PSNR/SSIM/LPIPS)
 #: translation engines: a run.json that cannot be read is still recognised from its run id
-TRANSLATE_ENGINES = ("cyclegan", "cartoongan", "ugatit")
+TRANSLATE_ENGINES = ("cyclegan", "cartoongan", "ugatit", "pix2pix")
 #: the columns of a translation run's sample grid, per engine (one row per input picture)
 TRANSLATE_COLUMNS = {"cyclegan": ("input", "output", "reconstruction"),
                      "ugatit": ("input", "output", "reconstruction", "attention"),
-                     "cartoongan": ("input", "output")}
+                     "cartoongan": ("input", "output"),
+                     "pix2pix": ("input", "output", "target")}  # held-out pairs with their true target
 
 
 class Pair(NamedTuple):
@@ -102,7 +103,8 @@ TRANSLATION_EVALS = (
 #: values that must be numbers in metrics.jsonl: text there is reported (unknown keys are ignored silently)
 _METRIC_PREFIXES = ("loss/", "acc/", "lpips/", "cycle/", "ms_ssim/")
 _METRIC_NAMES = ("fid", "kid", "kid_std", "collapse", "lr", "img_per_s", "epoch_seconds", "augment_p",
-                 "init_phase", "eval_n", "eval_seconds", "paired_n")
+                 "init_phase", "eval_n", "eval_seconds", "paired_n", "fid_lo", "fid_hi", "kid_lo", "kid_hi",
+                 "fid_inf", "precision", "recall", "density", "coverage")
 
 TOOLS = ("pokelab", "stylegan2-ada", "lightweight-gan")
 X_UNITS = {"pokelab": "epoch", "stylegan2-ada": "kimg", "lightweight-gan": "step"}
@@ -697,6 +699,7 @@ def summarize(run: Run) -> dict[str, Any]:
     bf, bx = best_fid(run)
     kid, _ = last_value(run, "evals", "kid")
     kid_std, _ = last_value(run, "evals", "kid_std")
+    quality = {f"last {label}": last_value(run, "evals", key)[0] for key, label in QUALITY_KEYS}
     status = run.status
     if status == "running" and any(_STALE_MARK in w for w in run.warnings):
         status = "running?"
@@ -707,7 +710,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "status": status,
         "done": run.done, "planned": run.planned, "unit": run.x_unit,
         "progress": f"{fmt_x(run.done) or '–'} / {fmt_x(run.planned) or '?'} {run.x_unit}",
-        "best FID": bf, "best FID at": bx, "last KID": kid, "last KID std": kid_std,
+        "best FID": bf, "best FID at": bx, "last KID": kid, "last KID std": kid_std, **quality,
         # what the best FID can be compared with (FidGroup): image size, samples of that evaluation
         "size": group.size, "eval n": group.n, "FID group": group.label,
         # the latest evaluation's collapse flag (None: not measured)
@@ -717,10 +720,54 @@ def summarize(run: Run) -> dict[str, Any]:
     }
 
 
+#: evaluation keys whose latest value the runs table keeps (engines.metrics.prdc, .small_n): (key, label)
+QUALITY_KEYS = (("fid_inf", "FID∞"), ("precision", "precision"), ("recall", "recall"), ("density", "density"),
+                ("coverage", "coverage"))
+
+
+def eval_cadence_text(run: Run) -> str | None:
+    """What run.json's ``eval_cadence`` (engines/eval_cadence.py) says, in one line: when the run was evaluated and
+    why, evaluation's share of its time, a smoke run's smaller sample count. None when not recorded."""
+    c = run.info.get("eval_cadence") if isinstance(run.info, dict) else None
+    if not isinstance(c, dict) or not isinstance(c.get("mode"), str):
+        return None
+    mode, every = c["mode"], c.get("every")
+    if mode == "off":
+        return "Evaluation: off during training (eval_every=0)."
+    done = [e for e in c.get("evaluated") or [] if isinstance(e, (int, float)) and not isinstance(e, bool)]
+    if len(done) > 8:
+        shown = ", ".join(fmt_x(e) for e in done[:4]) + ", …, " + ", ".join(fmt_x(e) for e in done[-2:])
+    else:
+        shown = ", ".join(fmt_x(e) for e in done) or "none yet"
+    parts = [f"Evaluation: {len(done)} so far (epochs {shown})" if done else "Evaluation: none yet"]
+    eff = c.get("effective_every")
+    if isinstance(eff, (int, float)) and done:
+        parts.append(f"effectively one every {fmt_x(round(float(eff), 1))} epochs")
+    protocol = f"protocol cadence every {every} epochs" if isinstance(every, int) else "protocol cadence"
+    budget = c.get("budget")
+    if mode == "budget" and isinstance(budget, (int, float)):
+        parts.append(f"{protocol}, stretched to keep evaluation within {budget:.0%} of the run's time")
+    elif mode == "explicit":
+        parts.append(f"every {every} epochs as set explicitly")
+    else:
+        parts.append(f"{protocol} ({c.get('reason') or mode})")
+    share = c.get("eval_share")
+    if isinstance(share, (int, float)) and done:
+        parts.append(f"evaluation took {share:.0%} of the run's time")
+    nxt = c.get("next")
+    if isinstance(nxt, (int, float)) and not isinstance(nxt, bool) and run.status == "running":
+        parts.append(f"next at epoch {fmt_x(nxt)}")
+    text = "; ".join(parts) + "."
+    if c.get("smoke"):
+        text += (f" Smoke run: evaluated with {c.get('eval_n')} samples (not the protocol's), so its FID compares "
+                 "only with runs at that sample count.")
+    return text
+
+
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     cols = ["run", "tool", "engine", "kind", "dataset", "status", "done", "planned", "unit", "progress", "best FID",
-            "best FID at", "last KID", "last KID std", "size", "eval n", "FID group", "collapse", "img/s", "wall time",
-            "samples", "warnings", "path"]
+            "best FID at", "last KID", "last KID std", *(f"last {label}" for _, label in QUALITY_KEYS), "size",
+            "eval n", "FID group", "collapse", "img/s", "wall time", "samples", "warnings", "path"]
     return pd.DataFrame([summarize(r) for r in runs], columns=cols)
 
 

@@ -148,20 +148,45 @@ def empty_note(fig: go.Figure, text: str) -> go.Figure:
     return fig
 
 
+def _band(fig: go.Figure, ids: dict[str, str], run: Run, s: pd.Series, lo: pd.Series, hi: pd.Series, colour: str,
+          what: str) -> None:
+    """A filled band from ``lo`` to ``hi`` at the points of ``s`` where both are logged (no hover: the line's
+    hover says the values)."""
+    lo, hi = lo.reindex(s.index), hi.reindex(s.index)
+    ok = (lo.notna() & hi.notna()).to_numpy()
+    x = s.index.to_numpy()[ok]
+    if len(x):
+        fig.add_trace(go.Scatter(
+            x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi.to_numpy()[ok], lo.to_numpy()[ok][::-1]]),
+            fill="toself", fillcolor=_rgba(colour, 0.18), line={"width": 0}, hoverinfo="skip", showlegend=False,
+            name=f"{run.label} {what}", xaxis=_xref(ids, run)))
+
+
+def _interval(run: Run, key: str) -> tuple[pd.Series, pd.Series] | None:
+    """The logged 95 % interval of ``key`` (``key_lo``, ``key_hi``; engines.metrics.small_n), if any."""
+    lo, hi = _series(run, "evals", f"{key}_lo"), _series(run, "evals", f"{key}_hi")
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
 def fid_figure(runs: list[Run], colours: dict[str, str], metric: str = "fid", title: str = "FID (lower is better)",
                axis: str | None = None) -> go.Figure:
-    """One line per run that logged the metric; the best point of each run is drawn larger."""
+    """One line per run that logged the metric; the best point of each run is drawn larger; a band where the run
+    logged the metric's 95 % interval (``fid_lo``/``fid_hi``: band + line = 2 traces)."""
     fig, ids = _base(title, metric.upper() if metric in ("fid", "kid") else metric, runs, axis=axis)
     for r in runs:
         s = _series(r, "evals", metric)
         if s is None:
             continue
+        c = colours.get(r.key, "#444")
+        ci = _interval(r, metric)
+        if ci is not None:
+            _band(fig, ids, r, s, *ci, c, "95% interval")
         best = int(np.argmin(s.to_numpy()))
         sizes = np.full(len(s), 6)
         sizes[best] = 13
         fig.add_trace(go.Scatter(
             x=s.index, y=s.to_numpy(), name=r.label, mode="lines+markers", xaxis=_xref(ids, r),
-            line={"color": colours.get(r.key)}, marker={"size": sizes},
+            line={"color": c}, marker={"size": sizes},
             hovertemplate=f"{r.label}<br>{_xh(r)}<br>{metric} %{{y:.3f}}<extra></extra>"))
     if not fig.data:
         empty_note(fig, "no run with FID yet")
@@ -169,25 +194,22 @@ def fid_figure(runs: list[Run], colours: dict[str, str], metric: str = "fid", ti
 
 
 def kid_figure(runs: list[Run], colours: dict[str, str], axis: str | None = None,
-               title: str = "KID (lower is better; band: ± 1 std over subsets)") -> go.Figure:
-    """KID per run, with a +-1 std band where the run logged ``kid_std`` (band + line = 2 traces)."""
+               title: str = "KID (lower is better; band: 95% interval, else ± 1 std over subsets)") -> go.Figure:
+    """KID per run, with a band (band + line = 2 traces): the 95 % interval where the run logged ``kid_lo`` /
+    ``kid_hi``, else +-1 std over subsets where it logged ``kid_std``."""
     fig, ids = _base(title, "KID", runs, axis=axis)
     for r in runs:
         s = _series(r, "evals", "kid")
         if s is None:
             continue
         c = colours.get(r.key, "#444")
+        ci = _interval(r, "kid")
         sd = _series(r, "evals", "kid_std")
-        if sd is not None:
+        if ci is not None:
+            _band(fig, ids, r, s, *ci, c, "95% interval")
+        elif sd is not None:
             sd = sd.reindex(s.index)
-            ok = sd.notna().to_numpy()
-            x = s.index.to_numpy()[ok]
-            lo, hi = (s.to_numpy() - sd.to_numpy())[ok], (s.to_numpy() + sd.to_numpy())[ok]
-            if len(x):
-                fig.add_trace(go.Scatter(
-                    x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
-                    fillcolor=_rgba(c, 0.18), line={"width": 0}, hoverinfo="skip", showlegend=False,
-                    name=f"{r.label} ± std", xaxis=_xref(ids, r)))
+            _band(fig, ids, r, s, s - sd, s + sd, c, "± std")
         fig.add_trace(go.Scatter(
             x=s.index, y=s.to_numpy(), name=r.label, mode="lines+markers", xaxis=_xref(ids, r),
             line={"color": c}, marker={"size": 5},
@@ -195,6 +217,30 @@ def kid_figure(runs: list[Run], colours: dict[str, str], axis: str | None = None
     if not fig.data:
         empty_note(fig, "no run with KID yet")
     return fig
+
+
+#: the evaluation metrics drawn beside FID/KID when some run logged them (engines.metrics.prdc, .small_n): figure
+#: key -> (title, y title, [(metric, label, dash)])
+QUALITY_FIGURES = {
+    "fid_inf": ("FID∞ (lower is better; extrapolated to infinitely many samples: comparable across sample counts)",
+                "FID∞", [("fid_inf", "FID∞", "solid")]),
+    "pr": ("Precision (fidelity) and recall (diversity), k = 3 (higher is better)", "fraction",
+           [("precision", "precision", "solid"), ("recall", "recall", "dash")]),
+    "dc": ("Density and coverage, k = 5 (coverage: higher is better; density ~1 for real-like samples)", "value",
+           [("density", "density", "solid"), ("coverage", "coverage", "dash")]),
+}
+
+
+def quality_figures(runs: list[Run], colours: dict[str, str], axis: str | None = None) -> dict[str, go.Figure]:
+    """The QUALITY_FIGURES some run logged, by key (eval series: lines with markers, colour = run)."""
+    out = {}
+    for key, (title, ytitle, series) in QUALITY_FIGURES.items():
+        if not any(r.column("evals", m) is not None for r in runs for m, _, _ in series):
+            continue
+        curves = [Curve("evals", m, label, dash) for m, label, dash in series]
+        out[key] = curves_figure(runs, colours, curves, title, ytitle, height=340, style_note=len(curves) > 1,
+                                 axis=axis)
+    return out
 
 
 def typical_scale(values: np.ndarray) -> float:

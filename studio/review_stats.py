@@ -78,36 +78,54 @@ def identifiable(w: np.ndarray) -> bool:
     return k == 1
 
 
-def bradley_terry(w: np.ndarray, prior: float = 0.0, max_iter: int = 100_000, tol: float = 1e-12,
+def bradley_terry(w: np.ndarray, prior: float | np.ndarray = 0.0, max_iter: int = 100_000, tol: float = 1e-12,
                   center: bool = True) -> np.ndarray:
     """Log-strengths theta (mean 0 unless ``center=False``) maximising the Bradley-Terry likelihood of the win matrix, by MM.
 
     prior > 0 adds, for every source, ``prior`` games against a virtual opponent of strength 1, half of
     them won (keeps the estimate finite when the MLE does not exist). With prior = 0 and a win graph
-    that is not strongly connected this raises ValueError."""
+    that is not strongly connected this raises ValueError.
+
+    ``w`` may be a batch [B, m, m] with ``prior`` a scalar or [B] (the bootstrap fits all resamples at once: one
+    vectorised MM loop instead of B Python loops); the caller then sees to identifiability (``identifiable_batch``)."""
     w = np.asarray(w, dtype=float)
-    m = len(w)
+    m = w.shape[-1]
     if m == 0:
-        return np.zeros(0)
-    if prior < 0:
+        return np.zeros(w.shape[:-1])
+    pr = np.asarray(prior, dtype=float)
+    if (pr < 0).any():
         raise ValueError("prior must be >= 0")
-    if prior == 0 and not identifiable(w):
+    if w.ndim == 2 and pr.ndim == 0 and prior == 0 and not identifiable(w):
         raise ValueError("the Bradley-Terry maximum likelihood estimate does not exist for these ratings "
                          "(some source never lost or never won against the rest); use a prior > 0")
-    n = w + w.T
-    wins = w.sum(axis=1) + prior / 2
-    p = np.ones(m)
+    pr = pr[..., None]  # per fit, broadcast over its sources
+    n = w + np.swapaxes(w, -1, -2)
+    wins = w.sum(axis=-1) + pr / 2
+    p = np.ones(w.shape[:-1])
     for _ in range(max_iter):
-        denom = (n / (p[:, None] + p[None, :])).sum(axis=1) + prior / (p + 1.0)
+        denom = (n / (p[..., :, None] + p[..., None, :])).sum(axis=-1) + pr / (p + 1.0)
         new = wins / denom
-        if prior == 0:
-            new = new / np.exp(np.log(new).mean())  # fix the scale: geometric mean 1
+        # without a prior the scale is free: fix it (geometric mean 1)
+        new = np.where(pr == 0, new / np.exp(np.log(new).mean(axis=-1, keepdims=True)), new)
         if np.max(np.abs(np.log(new) - np.log(p))) < tol:
             p = new
             break
         p = new
     theta = np.log(p)
-    return theta - theta.mean() if center else theta
+    return theta - theta.mean(axis=-1, keepdims=True) if center else theta
+
+
+def identifiable_batch(w: np.ndarray) -> np.ndarray:
+    """``identifiable`` of each matrix of a batch [B, m, m]: the beat graph is strongly connected iff its
+    reachability (transitive closure, by repeated squaring) is complete."""
+    w = np.asarray(w, dtype=float)
+    m = w.shape[-1]
+    if m < 2:
+        return np.full(w.shape[:-2], m == 1)
+    reach = ((w > 0) | np.eye(m, dtype=bool)).astype(float)
+    for _ in range(int(np.ceil(np.log2(m)))):
+        reach = ((reach @ reach) > 0).astype(float)
+    return reach.all(axis=(-1, -2))
 
 
 def fisher_cov(theta: np.ndarray, w: np.ndarray, prior: float = 0.0) -> np.ndarray:
@@ -178,19 +196,34 @@ def _z(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2))
 
 
+def bootstrap_thetas(rows: list[dict[str, Any]], sources: list[str], prior: float, n_boot: int,
+                     seed: int) -> np.ndarray:
+    """Centred log-strengths refitted on ratings resampled with replacement: [n_boot, len(sources)]. A
+    resample whose MLE does not exist is fitted with a weak prior (1 game) rather than dropped, which would
+    narrow the intervals exactly where the data are thin. Self-comparisons are left out before resampling."""
+    usable = [r for r in rows if r["left_source"] != r["right_source"]
+              and r["left_source"] in sources and r["right_source"] in sources]
+    m = len(sources)
+    # each rating as its two cells of the win matrix (ties: half to each side), so a resample's matrix is
+    # one bincount instead of a pass over dicts
+    idx = {s: k for k, s in enumerate(sources)}
+    a = np.array([idx[r["left_source"]] for r in usable], dtype=np.int64)
+    b = np.array([idx[r["right_source"]] for r in usable], dtype=np.int64)
+    wl = np.array([{"left": 1.0, "right": 0.0}.get(r["answer"], 0.5) for r in usable])
+    rng = np.random.default_rng(seed)
+    w = np.empty((n_boot, m, m))
+    for k in range(n_boot):
+        pick = rng.integers(0, len(usable), len(usable))
+        w[k] = (np.bincount(a[pick] * m + b[pick], weights=wl[pick], minlength=m * m)
+                + np.bincount(b[pick] * m + a[pick], weights=1.0 - wl[pick], minlength=m * m)).reshape(m, m)
+    pb = np.where((prior > 0) | identifiable_batch(w), prior, 1.0) if n_boot else np.zeros(0)
+    return bradley_terry(w, prior=pb, max_iter=20_000, tol=1e-9)
+
+
 def _bootstrap(rows: list[dict[str, Any]], sources: list[str], prior: float, n_boot: int, seed: int,
                level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile intervals from refitting on ratings resampled with replacement. A resample whose MLE
-    does not exist is fitted with a weak prior (1 game) rather than dropped, which would narrow the
-    intervals exactly where the data are thin."""
-    usable = [r for r in rows if r["left_source"] != r["right_source"]]
-    rng = np.random.default_rng(seed)
-    thetas = np.empty((n_boot, len(sources)))
-    for b in range(n_boot):
-        pick = rng.integers(0, len(usable), len(usable))
-        _, w = win_counts([usable[k] for k in pick], sources)
-        pb = prior if prior > 0 or identifiable(w) else 1.0
-        thetas[b] = bradley_terry(w, prior=pb, max_iter=20_000, tol=1e-9)
+    """Percentile intervals of the strengths over ``bootstrap_thetas``."""
+    thetas = bootstrap_thetas(rows, sources, prior, n_boot, seed)
     a = (1 - level) / 2
     return np.quantile(thetas, a, axis=0), np.quantile(thetas, 1 - a, axis=0)
 

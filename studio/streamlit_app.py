@@ -23,13 +23,16 @@ import streamlit as st  # noqa: E402
 from streamlit.errors import StreamlitAPIException  # noqa: E402
 
 from engines import review as RV  # noqa: E402
+from studio import agreement as AG  # noqa: E402
 from studio import data as D  # noqa: E402
 from studio import grids as G  # noqa: E402
 from studio import paths as PA  # noqa: E402
+from studio import per_label as PL  # noqa: E402
 from studio import plots as P  # noqa: E402
 from studio import review_stats as RS  # noqa: E402
+from studio import sweeps as SW  # noqa: E402
 
-VIEWS = ("Runs", "Trends", "Samples", "Compare", "Review")
+VIEWS = ("Runs", "Trends", "Samples", "Compare", "Sweeps", "Review")
 # plain symbols rather than emoji: they render in any font (emoji fonts are often missing on servers)
 STATUS_ICON = {"finished": "✓", "running": "●", "running?": "?", "failed": "✗", "interrupted": "‖",
                "broken": "⚠", "unreadable": "⚠", "stopped": "■", "unknown": "·"}
@@ -120,6 +123,12 @@ def _cached_gif(frames: tuple[tuple[str, str], ...], roots: tuple[str, ...], mti
 @st.cache_data(show_spinner=False, max_entries=20)
 def _cached_reviews(path: str, mtime: float, size: int) -> list[dict]:
     return RV.load(path)
+
+
+@st.cache_data(show_spinner="Bootstrapping Kendall's τ…", max_entries=20)
+def _cached_agreement(path: str, mtime: float, size: int, metrics: pd.DataFrame, questions: tuple[str, ...],
+                      n_boot: int) -> pd.DataFrame:
+    return AG.all_questions(_cached_reviews(path, mtime, size), metrics, list(questions), n_boot=n_boot)
 
 
 def _mtime(p: Path) -> float:
@@ -312,8 +321,30 @@ def fid_kid_panels(shown: list[D.Run], colours: dict[str, str], axis: str, fid_k
             st.plotly_chart(P.fid_figure(rs, colours, axis=axis, title="FID (lower is better)" + tail),
                             key=fid_key + sfx)
         with b:
-            st.plotly_chart(P.kid_figure(rs, colours, axis=axis, title="KID (lower is better; band ± 1 std)" + tail),
+            st.plotly_chart(P.kid_figure(rs, colours, axis=axis,
+                                         title="KID (lower is better; band: 95% interval, else ± 1 std)" + tail),
                             key=kid_key + sfx)
+    if any(r.column("evals", k) is not None for r in shown for k in ("fid_lo", "kid_lo")):
+        st.caption("Bands: 95% intervals from resampling the generated images (how far FID or KID would move with "
+                   "another draw of as many images; runs logged before the intervals existed: KID ± 1 std over its "
+                   "subsets). Overlapping bands: the runs are not told apart at this sample count.")
+    quality_panels(shown, colours, axis, fid_key)
+
+
+def quality_panels(shown: list[D.Run], colours: dict[str, str], axis: str, prefix: str) -> None:
+    """FID∞, precision/recall and density/coverage (studio.plots.QUALITY_FIGURES), two per row, for the runs that
+    logged them (keys ``{prefix}_q_<name>``)."""
+    figs = list(P.quality_figures(shown, colours, axis=axis).items())
+    if not figs:
+        return
+    st.caption("FID∞ extrapolates FID to infinitely many samples, so it compares runs evaluated with different "
+               "sample counts (same real set and image size). Precision: share of samples on the real images' "
+               "manifold (fidelity); recall: share of real images the samples reach (diversity); density and "
+               "coverage: their versions robust to outliers. docs/metrics.md says when to read which.")
+    for k in range(0, len(figs), 2):
+        cols = st.columns(2)
+        for col, (name, fig) in zip(cols, figs[k:k + 2]):
+            col.plotly_chart(fig, key=f"{prefix}_q_{name}")
 
 
 def grid_check(run: D.Run, roots: list[Path], sample: tuple[float, Path] | None = None) -> dict | None:
@@ -361,6 +392,29 @@ def translation_section(chosen: list[D.Run], colours: dict[str, str], smoothing:
 
 
 # ---- views ---------------------------------------------------------------------------------------------
+def per_label_section(run: D.Run) -> None:
+    """Conditional runs: per-label KID (intra-FID where measured) over the evaluations, and label consistency."""
+    if not PL.has_per_label(run):
+        return
+    st.markdown("**Per label** — samples asked for each label against the real images of that label")
+    metrics = [m for m in PL.METRICS if PL.labels_of(run, m)]
+    if metrics:
+        metric = st.radio("Per-label metric", metrics, format_func=lambda m: PL.METRICS[m][1], horizontal=True,
+                          key="per_label_metric") if len(metrics) > 1 else metrics[0]
+        table = PL.per_label_table(run, metric)
+        st.plotly_chart(PL.heatmap(table, run, metric), key="fig_per_label")
+        _dataframe(PL.table_for_display(table, run), key="per_label_table")
+        st.caption("Blank cells: too few real or generated images of the label in that evaluation (docs/metrics.md).")
+    cons = PL.consistency(run).dropna(subset=["label_consistency"])
+    if len(cons):
+        last = cons.iloc[-1]
+        ceiling = last["label_consistency/real"]
+        real = f" (the real images themselves: {ceiling:.0%})" if ceiling == ceiling else ""  # NaN: not logged
+        st.caption(f"Label consistency at {run.x_unit} {D.fmt_x(last['x'])}: "
+                   f"{last['label_consistency']:.0%} of samples are nearest (Inception features) to the real images "
+                   f"of a label they were asked for{real}.")
+
+
 def view_runs(roots: list[Path]) -> None:
     runs = load_all(roots)
     if not runs:
@@ -415,7 +469,11 @@ def view_runs(roots: list[Path]) -> None:
     with left:
         st.markdown(f"`{r.path}`  \n**{r.tool}** · engine **{r.engine}** ({r.kind}) · dataset **{r.dataset}** · "
                     f"status **{r.status}** · {r.info.get('device', '')}")
+        cadence = D.eval_cadence_text(r)
+        if cadence:
+            st.caption(cadence)
         verdict_block(r, roots)
+        per_label_section(r)
         if r.events:
             st.markdown("**Events**")
             st.dataframe(pd.DataFrame(r.events), hide_index=True)
@@ -642,10 +700,15 @@ def view_compare(roots: list[Path]) -> None:
     table = D.runs_table(chosen).set_index("run")
     rows = ["tool", "engine", "kind", "dataset", "status", "progress", "best FID", "best FID at", "size", "eval n",
             "collapse", "last KID", "img/s", "wall time", "warnings"]
+    # FID∞ and precision/recall/density/coverage: rows only when some chosen run logged them
+    rows[rows.index("last KID") + 1:rows.index("last KID") + 1] = [
+        f"last {label}" for _, label in D.QUALITY_KEYS if table[f"last {label}"].notna().any()]
     shown = table[rows].T.astype(object)
     for c in shown.columns:
         for rname, fmt in (("best FID", "{:.2f}"), ("last KID", "{:.4f}"), ("img/s", "{:.0f}"), ("best FID at", "{:g}"),
-                           ("size", "{:.0f} px"), ("eval n", "{:,.0f}")):
+                           ("size", "{:.0f} px"), ("eval n", "{:,.0f}"),
+                           *((f"last {label}", "{:.2f}" if key == "fid_inf" else "{:.3f}")
+                             for key, label in D.QUALITY_KEYS if f"last {label}" in rows)):
             v = shown.at[rname, c]
             shown.at[rname, c] = "" if v is None or v != v else fmt.format(v)
         shown.at["collapse", c] = collapse_text(shown.at["collapse", c])
@@ -757,6 +820,56 @@ def view_review(review_db: str, roots: list[Path], extra_dirs: list[str]) -> Non
     st.caption("Percent agreement: share of rater pairs giving the same answer on the same pair of images, "
                "averaged over pairs. Fleiss' κ corrects it for the agreement expected by chance from how often "
                "each answer is given (κ = 1 perfect, 0 chance level). docs/studio.md has the details.")
+    review_vs_metrics(rows, qrows, q, questions, roots, (str(path.resolve()), st_.st_mtime, st_.st_size))
+
+
+def review_vs_metrics(rows: list[dict], qrows: list[dict], q: str, questions: list[str], roots: list[Path],
+                      db_key: tuple[str, float, int]) -> None:
+    """Each source's Bradley–Terry strength beside its run's latest metrics, and Kendall's τ between the two
+    rankings per question and metric (studio.agreement)."""
+    st.markdown("**Humans and metrics**: does each metric rank the sources as the raters do?")
+    metrics = AG.source_metrics(RS.source_list(rows), load_all(roots), roots)
+    scores, _, _ = AG.agreement(qrows, metrics, n_boot=0)
+    if len(scores):
+        st.dataframe(AG.scores_display(scores), hide_index=True, key="agree_sources",
+                     column_config={"human strength": st.column_config.NumberColumn(format="%.3f")})
+    n_boot = AG.DEFAULT_BOOT
+    taus = _cached_agreement(*db_key, metrics, tuple(questions), n_boot)
+    if len(taus):
+        st.dataframe(AG.taus_display(taus), hide_index=True, key="agree_taus",
+                     column_config={k: st.column_config.NumberColumn(format="%.2f")
+                                    for k in ("Kendall τ", "95% low", "95% high", "P(τ > 0)")})
+    st.caption(f"Human strength: the Bradley–Terry strength for “{RV.QUESTIONS.get(q, q)}” (the question above); "
+               f"metrics: the latest evaluation logged by each source's run (— where it logged none; real art and "
+               f"Stable Diffusion have no run). Kendall's τ-b between the raters' ranking and the metric's, "
+               f"lower FID/KID and higher precision/recall counted as better: +1 the metric orders the sources as the "
+               f"raters do, −1 the reverse, 0 no relation; only sources with both a strength and the metric count. "
+               f"95% interval: percentile bootstrap over the ratings ({n_boot} resamples, Bradley–Terry refitted "
+               f"each time, seed 0; the metrics are held fixed), P(τ > 0): the share of resamples with τ > 0. With "
+               f"few sources τ takes few values and the interval is wide (the note says so). docs/studio.md.")
+
+
+def view_sweeps(roots: list[Path]) -> None:
+    """Runs grouped by tag (``pokelab sweep``): the grid as a table of final FID/KID/collapse, and each run's
+    curves (studio.sweeps)."""
+    runs = load_all(roots)
+    tags = SW.tags(runs)
+    if not tags:
+        st.info("No tagged runs. `pokelab sweep GRID.toml` (or `pokelab train --tag TAG`) makes them; docs/sweeps.md.")
+        return
+    tag = st.selectbox("Sweep (tag)", tags, key="sweep_tag")
+    chosen = SW.group(runs, tag)
+    table = SW.table(chosen)
+    table["collapse"] = [collapse_text(v) for v in table["collapse"]]
+    _dataframe(table, hide_index=True, key="sweep_table", column_config={
+        "final FID": st.column_config.NumberColumn(format="%.2f"), "best FID": st.column_config.NumberColumn(format="%.2f"),
+        "final KID": st.column_config.NumberColumn(format="%.4f"), "img/s": st.column_config.NumberColumn(format="%.0f")})
+    st.caption("Final: the last evaluation each run logged (its epoch under 'evaluated at'); compare FID only between "
+               "runs evaluated at the same image size and sample count. The varied settings are the sweep's.")
+    colours = P.colour_map(chosen)
+    st.markdown(P.colour_key_html(chosen, colours), unsafe_allow_html=True)
+    fid_kid_panels(chosen, colours, "epoch", "sweep_fid", "sweep_kid")
+    st.plotly_chart(P.loss_figure(chosen, colours, D.loss_keys(chosen), 0.6), key="sweep_loss")
 
 
 # ---- page -----------------------------------------------------------------------------------------------
@@ -787,7 +900,7 @@ def main() -> None:
             st.caption("No run folder configured.")
 
     any_running = False
-    if auto and view in ("Runs", "Trends", "Compare"):
+    if auto and view in ("Runs", "Trends", "Compare", "Sweeps"):
         any_running = any(r.status == "running" for r in load_all(roots))
     run_every = float(every) if auto and any_running else None
 
@@ -799,6 +912,8 @@ def main() -> None:
         view_samples(roots)
     elif view == "Compare":
         st.fragment(view_compare, run_every=run_every)(roots)
+    elif view == "Sweeps":
+        st.fragment(view_sweeps, run_every=run_every)(roots)
     else:
         view_review(ss.review_db, roots, [ss.cli_review_dir] if ss.get("cli_review_dir") else [])
     if run_every:

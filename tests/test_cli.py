@@ -67,3 +67,20 @@ def test_train_on_empty_folder_fails_clearly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_every_subcommand_prints_its_help():
+    # a stray '%' in a help string breaks `--help` only when it is asked for (argparse formats lazily)
+    import pytest as _pytest
+
+    from engines.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert len(subs.choices) >= 5
+    for name, sub in subs.choices.items():
+        text = sub.format_help()
+        assert name in text or "usage" in text
+    with _pytest.raises(SystemExit) as e:
+        parser.parse_args(["eval", "--help"])
+    assert e.value.code == 0

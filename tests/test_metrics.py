@@ -377,11 +377,12 @@ def test_evaluate_generator_returns_finite_keys(real32, real_stats, monkeypatch)
         warnings.simplefilter("ignore", fidmod.SmallSampleWarning)
         res = evaluate_generator(sample_fn, real32, n=12, metrics=metrics, batch_size=8, seed=3)
         assert [k for k, _ in seeds] == [8, 4] and len({s for _, s in seeds}) == 2
-        want = {"fid", "kid", "kid_std", "ms_ssim/fake", "ms_ssim/real", "collapse", "lpips/diversity",
-                "memorisation", "novelty/median_distance", "eval_n", "eval_seconds"}
+        want = {"fid", "fid_lo", "fid_hi", "kid", "kid_std", "kid_lo", "kid_hi", "ms_ssim/fake", "ms_ssim/real",
+                "collapse", "lpips/diversity", "memorisation", "novelty/median_distance", "eval_n", "eval_seconds"}
         assert set(res) == want
         assert all(math.isfinite(v) for v in res.values())
         assert res["eval_n"] == 12 and res["fid"] > 0 and res["collapse"] in (0.0, 1.0)
+        assert res["fid_lo"] < res["fid"] < res["fid_hi"] and res["kid_lo"] < res["kid"] < res["kid_hi"]
         # same seed -> same numbers (stats now from the cache)
         again = evaluate_generator(sample_fn, real32, n=12, metrics=("fid", "kid"), batch_size=8, seed=3)
     assert again["fid"] == pytest.approx(res["fid"], rel=1e-9)

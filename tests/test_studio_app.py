@@ -346,13 +346,13 @@ def test_sidebar_adds_a_root_and_missing_folder_is_reported(app, lab, tmp_path):
 def test_translation_run_of_unknown_engine_gets_no_grid_diversity(tmp_path, monkeypatch):
     # known translation engines get it on their output column (tests/test_studio_translation.py); for an
     # engine the studio does not know, the output column cannot be found, so nothing is computed
-    d = _run(tmp_path, "20250106-000000-pix2pix-pokemon", "finished", 2, 2, grids=[(2, _tiles(7, n=6))],
+    d = _run(tmp_path, "20250106-000000-munit-pokemon", "finished", 2, 2, grids=[(2, _tiles(7, n=6))],
              extra={"kind": "translate", "dataset": [{"name": "sprites"}, {"name": "art"}]})
     monkeypatch.setenv("POKELAB_STUDIO_RUNS", str(tmp_path))
     monkeypatch.setenv("POKELAB_STUDIO_NO_DEFAULTS", "1")
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert frame(at, "completion").iloc[0]["dataset"] == "sprites → art"
     goto(at, "Samples")
-    assert any("columns of this translation grid (engine 'pix2pix') are unknown" in i.value for i in at.info)
+    assert any("columns of this translation grid (engine 'munit') are unknown" in i.value for i in at.info)
     assert not [b for b in at.button if b.key == "div_compute"]
     assert d.is_dir()

@@ -165,8 +165,8 @@ def test_unreadable_run_json_of_a_translation_engine(tmp_path):
 
 
 def test_unknown_kind_and_unknown_translation_engine(tmp_path):
-    d = tmp_path / "20250401-000000-pix2pix-x"
-    RunWriter(d).write_info({"engine": "pix2pix", "kind": "translate", "status": "running",
+    d = tmp_path / "20250401-000000-munit-x"  # an engine pokelab does not have (pix2pix is known since it has)
+    RunWriter(d).write_info({"engine": "munit", "kind": "translate", "status": "running",
                              "dataset": [{"name": "a"}, {"name": "b"}], "config": {"image_size": TILE}})
     r = _load(d)
     assert r.translate and r.layout.columns == () and r.layout.nrow is None

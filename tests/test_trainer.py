@@ -187,3 +187,20 @@ def test_evaluation_on_the_cadence(tmp_path, tiny_dataset):
                       progress=False)
     no_eval.fit()
     assert_same_state(params(t.engine), params(no_eval.engine))
+
+
+def test_wgan_gp_critic_norm_none_from_the_command_line():
+    # `--set critic_norm=none` parses to null; the critic must get the word, not None
+    from engines.config import parse_value
+    from engines.registry import get_engine
+
+    cls = get_engine("wgan_gp")
+    eng = cls({"critic_norm": parse_value("none"), "g_width": 4, "d_width": 4}, image_size=16)
+    assert eng.config["critic_norm"] == "none"
+
+
+def test_set_augment_none_means_no_augmentation():
+    from engines.config import TrainConfig, apply_overrides
+
+    assert apply_overrides(TrainConfig(), ["augment=none"]).augment == "none"
+    assert TrainConfig().augment is None  # the engine's default (DiffAugment; ADA for StyleGAN2)

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..distributed import all_reduce_, world_size
+
 # options that belong to other pipelines and arrive through the shared run config (the trainer's default
 # augment_options carries DiffAugment's policy): accepted and ignored.
 _FOREIGN_OPTIONS = {"policy"}
@@ -118,10 +120,15 @@ class AdaptiveAugment:
         self._sign_n += logits.numel()
         self._updates += 1
         if self._updates >= self.interval:
-            rt = float(self._sign_sum) / max(self._sign_n, 1)  # the one host sync per interval
+            sign_sum, sign_n = self._sign_sum, self._sign_n
+            if world_size() > 1:  # r_t of the global batch: every rank moves p alike (stylegan2-ada's ada_stats)
+                t = torch.stack([torch.as_tensor(sign_sum, dtype=torch.float64, device=logits.device),
+                                 torch.tensor(float(sign_n), dtype=torch.float64, device=logits.device)])
+                sign_sum, sign_n = all_reduce_(t).tolist()
+            rt = float(sign_sum) / max(sign_n, 1)  # the one host sync per interval
             # no move on a non-finite r_t (a diverging D): the trainer's NaN guard deals with that
             adjust = math.copysign(1.0, rt - self.target) if math.isfinite(rt) and rt != self.target else 0.0
-            self.p = min(max(self.p + adjust * self._sign_n / (self.kimg * 1000.0), 0.0), 1.0)
+            self.p = min(max(self.p + adjust * sign_n / (self.kimg * 1000.0), 0.0), 1.0)
             self.rt = rt
             self._sign_sum, self._sign_n, self._updates = 0.0, 0, 0
 

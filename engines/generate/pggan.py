@@ -544,10 +544,11 @@ class PGGAN(Engine):
         self.optimize("G", loss_g)
         D.requires_grad_(True)
 
-        # -- EMA of G (its phase buffers are copied with it)
-        self._nimg += n
+        # -- EMA of G (its phase buffers are copied with it); the growth schedule counts the images of every rank
+        nb = self.global_batch(n)
+        self._nimg += nb
         self.nimg.fill_(self._nimg)
-        ema_update(self.G_ema, G, self.ema_beta(n))
+        ema_update(self.G_ema, G, self.ema_beta(nb))
 
         # a critic has no 0.5 threshold: "real" above the midpoint of the mean real and fake scores (wgan_gp)
         mid = 0.5 * (s_real.mean() + s_fake.mean()).detach()

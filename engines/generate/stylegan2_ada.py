@@ -32,6 +32,10 @@ Precision (under the trainer's autocast), as the reference's num_fp16_res=4: onl
 and D run in reduced precision; the mapping network, lower resolutions, the RGB skip path, D's epilogue and
 the regularisers (with TF32 off) run in fp32. FID/KID samples use random noise, as the reference's metrics.
 See docs/stylegan2_ada.md for the departures from the reference and how to size it for CPU or GPU.
+
+Class-conditional with --labels (the reference's c_dim > 0; engines.labels): the label row joins z in the mapping
+network (FC embedding, 2nd-moment normalisation, concatenation) and D projects it (a label mapping network gives
+cmap; logit = sum(epilogue output * cmap) / sqrt(cmap_dim)). Without labels none of these layers exist.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import Engine, ema_update, lerp, n_upsamplings, no_tf32, slerp
+from ..distributed import all_reduce_mean
+from ..labels import ConditionalEngine
 from ..registry import register
 
 SQRT2 = math.sqrt(2.0)
@@ -163,25 +169,49 @@ class EqualConv2d(nn.Module):
 
 
 # ---- the generator ---------------------------------------------------------------------------------------
+def normalize_2nd_moment(x: torch.Tensor) -> torch.Tensor:
+    return x * (x.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+
+
 class MappingNetwork(nn.Module):
-    def __init__(self, z_dim: int, w_dim: int, num_ws: int, layers: int = 8, lr_mul: float = 0.01,
-                 w_avg_beta: float = 0.995):
+    """z (and a label c) -> w. With ``c_dim`` > 0 (a conditional run), as the reference's MappingNetwork: c (a
+    multi-hot row [N, c_dim]) goes through an FC embedding (``w_dim`` wide, lr x 1), is normalised to a unit 2nd
+    moment like z, and the two are concatenated before the FC layers. ``z_dim`` 0: c alone (the discriminator's
+    label mapping); ``num_ws`` None: [N, w_dim] without broadcasting or a tracked w_avg."""
+
+    def __init__(self, z_dim: int, w_dim: int, num_ws: int | None, layers: int = 8, lr_mul: float = 0.01,
+                 w_avg_beta: float = 0.995, c_dim: int = 0):
         super().__init__()
-        self.z_dim, self.w_dim, self.num_ws = z_dim, w_dim, num_ws
+        self.z_dim, self.w_dim, self.num_ws, self.c_dim = z_dim, w_dim, num_ws, c_dim
         self.w_avg_beta = w_avg_beta
-        dims = [z_dim] + [w_dim] * layers
+        if z_dim <= 0 and c_dim <= 0:
+            raise ValueError("a mapping network needs a latent (z_dim > 0) or a label (c_dim > 0)")
+        embed = w_dim if c_dim > 0 else 0
+        if c_dim > 0:
+            self.embed = EqualLinear(c_dim, embed)
+        dims = [z_dim + embed] + [w_dim] * layers
         self.net = nn.Sequential(*[EqualLinear(a, b, lr_mul=lr_mul, activation=True)
                                    for a, b in zip(dims[:-1], dims[1:])])
-        self.register_buffer("w_avg", torch.zeros(w_dim))
+        if num_ws is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                update_w_avg: bool = False) -> torch.Tensor:
-        """z [N, z_dim] -> ws [N, num_ws, w_dim], always in fp32 (the reference keeps the mapping out of fp16:
-        its lr multiplier of 0.01 makes the weights' updates tiny and its output feeds every layer)."""
-        with _fp32(z):
-            z = _wide(z)
-            z = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()  # normalise the 2nd moment
-            w = _wide(self.net(z))
+    def forward(self, z: torch.Tensor | None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                update_w_avg: bool = False, c: torch.Tensor | None = None) -> torch.Tensor:
+        """z [N, z_dim] (and c [N, c_dim]) -> ws [N, num_ws, w_dim], always in fp32 (the reference keeps the
+        mapping out of fp16: its lr multiplier of 0.01 makes the weights' updates tiny and its output feeds every
+        layer)."""
+        ref = z if z is not None else c
+        if self.c_dim > 0 and (c is None or c.dim() != 2 or c.shape[1] != self.c_dim):
+            got = "none" if c is None else list(c.shape)
+            raise ValueError(f"this mapping network is conditional: it needs labels [N, {self.c_dim}], got {got}")
+        with _fp32(ref):
+            x = normalize_2nd_moment(_wide(z)) if self.z_dim > 0 else None
+            if self.c_dim > 0:
+                y = normalize_2nd_moment(_wide(self.embed(_wide(c).to(self.embed.weight.dtype))))
+                x = y if x is None else torch.cat([x, y], 1)
+            w = _wide(self.net(x))
+        if self.num_ws is None:
+            return w
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
@@ -343,16 +373,17 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
     def __init__(self, z_dim: int, w_dim: int, image_size: int, channel_base: int, channel_max: int,
                  mapping_layers: int = 8, mapping_lr_mul: float = 0.01, w_avg_beta: float = 0.995,
-                 conv_clamp: float | None = 256, channels: int = 3, num_fp16_res: int = 4):
+                 conv_clamp: float | None = 256, channels: int = 3, num_fp16_res: int = 4, c_dim: int = 0):
         super().__init__()
         self.synthesis = SynthesisNetwork(w_dim, image_size, channel_base, channel_max, channels, conv_clamp,
                                           num_fp16_res)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_mul, w_avg_beta)
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_mul, w_avg_beta,
+                                      c_dim=c_dim)
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                noise_mode: str = "const", fused: bool = False) -> torch.Tensor:
-        ws = self.mapping(z, truncation_psi, truncation_cutoff)
+                noise_mode: str = "const", fused: bool = False, c: torch.Tensor | None = None) -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, c=c)
         return self.synthesis(ws, noise_mode, fused)
 
 
@@ -389,9 +420,15 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
+    """Residual D. With ``c_dim`` > 0 (a conditional run) it projects the label, as the reference's
+    Discriminator with ``cmap_dim``: a label mapping network (c -> FC embedding -> 2nd-moment normalisation ->
+    ``mapping_layers`` FC layers, lr x 0.01, lrelu) gives cmap [N, cmap_dim]; the epilogue's last FC layer has
+    ``cmap_dim`` outputs instead of one, and the logit is sum(out * cmap) / sqrt(cmap_dim)."""
+
     def __init__(self, image_size: int, channel_base: int, channel_max: int, channels: int = 3,
                  mbstd_group: int = 4, mbstd_channels: int = 1, conv_clamp: float | None = 256,
-                 num_fp16_res: int = 4):
+                 num_fp16_res: int = 4, c_dim: int = 0, cmap_dim: int | None = None, mapping_layers: int = 8,
+                 mapping_lr_mul: float = 0.01):
         super().__init__()
         k = n_upsamplings(image_size)
         res = [image_size // 2 ** i for i in range(k + 1)]  # R ... 4
@@ -407,9 +444,14 @@ class Discriminator(nn.Module):
         self.mbstd = MinibatchStd(mbstd_group, mbstd_channels)
         self.conv = EqualConv2d(c4 + mbstd_channels, c4, 3, clamp=conv_clamp)
         self.fc = EqualLinear(c4 * 16, c4, activation=True)
-        self.out = EqualLinear(c4, 1)
+        self.c_dim = int(c_dim)
+        # cmap_dim null: the 4x4 width, the reference's default
+        self.cmap_dim = (int(cmap_dim) if cmap_dim else c4) if self.c_dim > 0 else 0
+        self.out = EqualLinear(c4, self.cmap_dim or 1)
+        if self.c_dim > 0:  # built after the epilogue: an unconditional D keeps its layers (and their init) as before
+            self.mapping = MappingNetwork(0, self.cmap_dim, None, mapping_layers, mapping_lr_mul, c_dim=self.c_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Logits in fp32. Under autocast the blocks from ``fp16_resolution`` up (and fromRGB) run in reduced
         precision; the lower blocks and the epilogue (minibatch std, 4x4 conv, FC layers) in fp32."""
         with _precision(x, self.image_size >= self.fp16_resolution):
@@ -420,14 +462,23 @@ class Discriminator(nn.Module):
                 x = block(x if reduced else _wide(x))
         with _fp32(x):
             x = self.conv(self.mbstd(_wide(x)))
-            return self.out(self.fc(x.flatten(1))).flatten()
+            out = self.out(self.fc(x.flatten(1)))
+            if self.cmap_dim:  # projection onto the label's cmap (DiscriminatorEpilogue with cmap_dim)
+                cmap = self.mapping(None, c=c)
+                out = (out * cmap).sum(1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
+            return out.flatten()
 
 
 # ---- the engine ------------------------------------------------------------------------------------------
 @register
-class StyleGAN2ADA(Engine):
+class StyleGAN2ADA(ConditionalEngine, Engine):
     name = "stylegan2_ada"
     default_augment = "ada"
+    supports_batch_gpu = True
+    # class-conditional with --labels (the label joins z in the mapping network, D projects it), else the
+    # unconditional StyleGAN2 of before, parameter for parameter (engines.labels.ConditionalEngine)
+    conditional = False
+    labels_optional = True
     protocol_notes = (
         "StyleGAN2 (config-F-like, ADA 'auto' widths) with ADA: Adam lr 0.0025, betas (0, 0.99) from the paper, "
         "not the protocol's 2e-4 (with equalised learning rate the protocol's lr is ~12x slower per step; see "
@@ -454,16 +505,20 @@ class StyleGAN2ADA(Engine):
             # reduced precision (under the trainer's autocast) only for the top num_fp16_res resolutions of G
             # and D, as the reference; the rest, the mapping network and D's epilogue run in fp32
             "num_fp16_res": 4,
+            # conditional runs: labels is filled in by the trainer from --labels (engines.labels.LabelSpec);
+            # cmap_dim: width of D's label projection (null: D's 4x4 width, the reference's default)
+            "labels": None, "cmap_dim": None,
         }
 
     def __init__(self, config=None, image_size: int = 128, *, training: bool = True):
         super().__init__(config, image_size, training=training)
         c = self._check_config(self.config)
+        self.init_labels()  # sizes the label layers: K classes, or none (an unconditional run)
         gkw = dict(z_dim=int(c["z_dim"]), w_dim=int(c["w_dim"]), image_size=self.image_size,
                    channel_base=int(c["channel_base"]), channel_max=int(c["channel_max"]),
                    mapping_layers=int(c["mapping_layers"]), mapping_lr_mul=float(c["mapping_lr_mul"]),
                    w_avg_beta=float(c["w_avg_beta"]), conv_clamp=c["conv_clamp"],
-                   num_fp16_res=int(c["num_fp16_res"]))
+                   num_fp16_res=int(c["num_fp16_res"]), c_dim=self.num_classes)
         G = Generator(**gkw)
         self.num_ws = G.num_ws
         if training:
@@ -471,7 +526,8 @@ class StyleGAN2ADA(Engine):
             self.G_ema = copy.deepcopy(G).requires_grad_(False)
             self.D = Discriminator(self.image_size, int(c["channel_base"]), int(c["channel_max"]),
                                    mbstd_group=int(c["mbstd_group"]), mbstd_channels=int(c["mbstd_channels"]),
-                                   conv_clamp=c["conv_clamp"], num_fp16_res=int(c["num_fp16_res"]))
+                                   conv_clamp=c["conv_clamp"], num_fp16_res=int(c["num_fp16_res"]),
+                                   c_dim=self.num_classes, cmap_dim=c["cmap_dim"])
             # lazy regularisation: the main and the regularisation steps share one Adam whose lr and betas
             # are corrected for the regularisation steps it also takes (c = interval / (interval + 1))
             self.optimizers = {
@@ -524,6 +580,9 @@ class StyleGAN2ADA(Engine):
             raise ValueError("conv_clamp must be null or > 0")
         if len(c["betas"]) != 2:
             raise ValueError("betas must be a pair, e.g. [0.0, 0.99]")
+        if c["cmap_dim"] is not None and (isinstance(c["cmap_dim"], bool) or not isinstance(c["cmap_dim"], int)
+                                          or c["cmap_dim"] < 1):
+            raise ValueError(f"cmap_dim must be null (D's 4x4 width) or a whole number >= 1, got {c['cmap_dim']!r}")
         return c
 
     def _r1_on(self) -> bool:
@@ -569,18 +628,26 @@ class StyleGAN2ADA(Engine):
         return kw
 
     def generate(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                 noise_mode: str = "const", noise_generator: torch.Generator | None = None) -> torch.Tensor:
-        ws = self.mapping(z, truncation_psi, truncation_cutoff)
+                 noise_mode: str = "const", noise_generator: torch.Generator | None = None,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, labels=labels)
         return self.synthesis(ws, noise_mode, noise_generator)
 
-    def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0,
-                truncation_cutoff: int | None = None) -> torch.Tensor:
-        """z [N, z_dim] -> ws [N, num_ws, w_dim] with G_ema (truncated towards w_avg by psi)."""
+    def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None, *,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z [N, z_dim] (and, conditional runs, multi-hot labels [N, K]) -> ws [N, num_ws, w_dim] with G_ema
+        (truncated towards w_avg by psi: the reference's one global average, also for labels)."""
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [N, {self.z_dim}], got {list(z.shape)}")
         if truncation_cutoff is not None and not 0 <= int(truncation_cutoff) <= self.num_ws:
             raise ValueError(f"truncation_cutoff must be in [0, {self.num_ws}], got {truncation_cutoff}")
-        return self.G_ema.mapping(z.to(self.device), float(truncation_psi), truncation_cutoff)
+        if labels is not None and not self.conditional:
+            raise ValueError("this stylegan2_ada was trained without labels: it takes no labels")
+        if self.conditional and (labels is None or labels.dim() != 2 or labels.shape != (z.shape[0], self.num_classes)):
+            raise ValueError(f"a conditional stylegan2_ada needs labels [{z.shape[0]}, {self.num_classes}] with z, "
+                             f"got {'none' if labels is None else list(labels.shape)}")
+        c = labels.to(self.device, torch.float32) if labels is not None else None
+        return self.G_ema.mapping(z.to(self.device), float(truncation_psi), truncation_cutoff, c=c)
 
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "const",
                   noise_generator: torch.Generator | None = None) -> torch.Tensor:
@@ -594,39 +661,73 @@ class StyleGAN2ADA(Engine):
         return self.G_ema.synthesis(ws.to(self.device), noise_mode, fused=bool(self.config["fused_modconv"]),
                                     noise_generator=noise_generator)
 
+    def _seed_labels(self, labels, seeds) -> list[torch.Tensor | None]:
+        """One label row [1, K] per seed (conditional runs): the chosen labels, or each seed's own draw from the
+        training mix (as ``sample`` does); [None, ...] for an unconditional run (which refuses labels)."""
+        if not self.conditional:
+            if labels is not None:
+                raise ValueError("this stylegan2_ada was trained without labels: it takes no labels")
+            return [None] * len(seeds)
+        return [self.label_rows(labels, 1, s) for s in seeds]
+
     @torch.inference_mode()
     def interpolate(self, seed_a: int, seed_b: int, frames: int = 24, mode: str = "lerp",
-                    truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
+                    truncation_psi: float = 1.0, noise_mode: str = "const", labels=None) -> torch.Tensor:
         """A walk from seed_a to seed_b. ``lerp`` (the default, also ``w``): linear in W, the usual way for
-        StyleGAN; ``slerp`` (also ``z``): spherical in Z, then mapped."""
+        StyleGAN; ``slerp`` (also ``z``): spherical in Z, then mapped. Conditional runs hold one label along
+        the walk (``labels``; None: the one drawn for ``seed_a``)."""
         if int(frames) < 1:
             raise ValueError("frames must be >= 1")
         if mode not in ("lerp", "w", "slerp", "z"):
             raise ValueError(f"interpolation mode must be 'lerp' (in W) or 'slerp' (in Z), not {mode!r}")
+        y = self._seed_labels(labels, [seed_a])[0]
         za, zb = self.latent(1, seed_a), self.latent(1, seed_b)
         t = torch.linspace(0, 1, int(frames), device=za.device)
         if mode in ("lerp", "w"):
-            wa, wb = self.mapping(za, truncation_psi), self.mapping(zb, truncation_psi)
+            wa, wb = self.mapping(za, truncation_psi, labels=y), self.mapping(zb, truncation_psi, labels=y)
             ws = lerp(wa, wb, t)  # [T, num_ws, w_dim]
         else:
-            ws = self.mapping(slerp(za, zb, t), truncation_psi)
+            ws = self.mapping(slerp(za, zb, t), truncation_psi,
+                              labels=y.expand(int(frames), -1) if y is not None else None)
         return torch.cat([self.synthesis(ws[i:i + 64], noise_mode).clamp(-1, 1)
                           for i in range(0, len(ws), 64)])
 
     @torch.inference_mode()
+    def interpolate_labels(self, seed: int, label_a, label_b, frames: int = 24, truncation_psi: float = 1.0,
+                           noise_mode: str = "const", mode: str = "lerp") -> torch.Tensor:
+        """From ``label_a`` to ``label_b`` at ``seed``'s z: ``lerp`` (also ``w``, the default) walks straight in W
+        between w(z, a) and w(z, b), as seed walks do; ``slerp`` (also ``z``, ``c``) mixes the label rows and maps
+        each mix. Both ends are exactly ``sample(seed=seed, labels=a)`` and ``...labels=b``."""
+        if mode not in ("lerp", "w", "slerp", "z", "c"):
+            raise ValueError(f"interpolation mode must be 'lerp' (in W) or 'slerp' (label mixes), not {mode!r}")
+        y = self.label_path(label_a, label_b, frames)
+        z = self.latent(1, seed)
+        if mode in ("lerp", "w"):
+            wa = self.mapping(z, truncation_psi, labels=y[:1])
+            wb = self.mapping(z, truncation_psi, labels=y[-1:])
+            ws = lerp(wa, wb, torch.linspace(0, 1, len(y), device=z.device))
+        else:
+            ws = self.mapping(z.expand(len(y), -1), truncation_psi, labels=y)
+        return torch.cat([self.synthesis(ws[i:i + 64], noise_mode).clamp(-1, 1) for i in range(0, len(ws), 64)])
+
+    @torch.inference_mode()
     def style_mix(self, row_seeds, col_seeds, crossover: int, truncation_psi: float = 1.0,
-                  noise_mode: str = "const") -> torch.Tensor:
+                  noise_mode: str = "const", labels=None) -> torch.Tensor:
         """Images [len(rows) * len(cols), 3, R, R] in [-1, 1], row-major (nrow = len(col_seeds)): the styles
         ws[:crossover] (coarse) of each row seed with ws[crossover:] (fine) of each column seed.
-        crossover = 0 gives the column images, crossover = num_ws the row images."""
+        crossover = 0 gives the column images, crossover = num_ws the row images. Conditional runs: every seed
+        with ``labels`` (None: each seed's own draw, as ``sample``)."""
         row_seeds, col_seeds = list(row_seeds), list(col_seeds)
         if not row_seeds or not col_seeds:
             raise ValueError("style_mix needs at least one row seed and one column seed")
         if not 0 <= int(crossover) <= self.num_ws:
             raise ValueError(f"crossover must be in [0, {self.num_ws}] (the number of style inputs), "
                              f"got {crossover}")
-        wr = self.mapping(torch.cat([self.latent(1, s) for s in row_seeds]), truncation_psi)
-        wc = self.mapping(torch.cat([self.latent(1, s) for s in col_seeds]), truncation_psi)
+        def ws_of(seeds):
+            ys = self._seed_labels(labels, seeds)
+            return self.mapping(torch.cat([self.latent(1, s) for s in seeds]), truncation_psi,
+                                labels=torch.cat(ys) if ys[0] is not None else None)
+        wr, wc = ws_of(row_seeds), ws_of(col_seeds)
         r, c, k = len(row_seeds), len(col_seeds), int(crossover)
         ws = wc.unsqueeze(0).repeat(r, 1, 1, 1)                  # [R, C, num_ws, w_dim]
         ws[:, :, :k] = wr[:, None, :k]
@@ -637,106 +738,150 @@ class StyleGAN2ADA(Engine):
         return {"G_ema": self.G_ema}
 
     def export_extra(self) -> dict[str, Any]:
-        return {"supports": ["truncation", "style_mixing", "w_space"], "num_ws": self.num_ws,
-                "w_dim": int(self.config["w_dim"]), "z_dim": self.z_dim,
-                "noise_modes": ["const", "random", "none"]}
+        return self.label_extra({"supports": ["truncation", "style_mixing", "w_space"], "num_ws": self.num_ws,
+                                 "w_dim": int(self.config["w_dim"]), "z_dim": self.z_dim,
+                                 "noise_modes": ["const", "random", "none"]})
 
     # ---- training -------------------------------------------------------------------------------------
-    def _run_G(self, z: torch.Tensor, update_w_avg: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """G(z) with style mixing regularisation (one crossover point per batch, like the reference)."""
-        ws = self.G.mapping(z, update_w_avg=update_w_avg)
+    def _run_G(self, z: torch.Tensor, update_w_avg: bool,
+                c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """G(z, c) with style mixing regularisation (one crossover point per batch, like the reference; the
+        second latent keeps the same label)."""
+        ws = self.G.mapping(z, update_w_avg=update_w_avg, c=c)
         prob = float(self.config["style_mixing_prob"])
         if prob > 0:
             # scalars come from the CPU generator: no device sync, and the global RNG stays the only source
             cutoff = int(torch.randint(1, self.num_ws, ())) if self.num_ws > 1 else self.num_ws
             if float(torch.rand(())) >= prob:
                 cutoff = self.num_ws
-            ws2 = self.G.mapping(torch.randn_like(z))
+            ws2 = self.G.mapping(torch.randn_like(z), c=c)
             later = (torch.arange(self.num_ws, device=ws.device) >= cutoff).view(1, -1, 1)
             ws = torch.where(later, ws2, ws)
         img = self.G.synthesis(ws, "random", fused=bool(self.config["fused_modconv"]))
         return img, ws
 
-    def r1_penalty(self, real: torch.Tensor) -> torch.Tensor:
-        """Per-sample |grad_x D(aug(x))|^2 on reals (fp32; graph kept for the backward)."""
+    def r1_penalty(self, real: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample |grad_x D(aug(x), c)|^2 on reals (fp32; graph kept for the backward)."""
         x = _wide(real.detach()).requires_grad_(True)
-        logits = self.D(self.augment_images(x))
+        logits = self.D(self.augment_images(x), c)
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
         return grad.square().sum([1, 2, 3])
 
-    def pl_penalty(self, batch: int, update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Path-length penalty (|J_w^T y| - a)^2 per sample, y ~ N(0, I)/sqrt(H*W); returns (penalty,
-        lengths) and, with ``update``, moves the running mean a (pl_mean) with decay ``pl_decay``."""
-        z = torch.randn(batch, self.z_dim, device=self.device)
-        img, ws = self._run_G(z, update_w_avg=False)
+    def pl_penalty(self, batch: int | torch.Tensor, update: bool = True,
+                   c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Path-length penalty (|J_w^T y| - a)^2 per sample, y ~ N(0, I)/sqrt(H*W), for ``batch`` fresh latents
+        (or these latents z; conditional runs: with labels ``c``, else labels drawn from the training mix);
+        returns (penalty, lengths) and, with ``update``, moves the running mean a (pl_mean) with decay
+        ``pl_decay``, towards the mean length over every rank's batch (one number all-reduced: the ranks keep one
+        pl_mean, the one a single process would have)."""
+        z = torch.randn(batch, self.z_dim, device=self.device) if isinstance(batch, int) else batch
+        if self.conditional and c is None:
+            c = self.label_spec.draw(len(z), None).to(z.device)
+        img, ws = self._run_G(z, update_w_avg=False, c=c)
         noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.square().sum(2).mean(1).sqrt()
-        mean = self.pl_mean.lerp(lengths.mean().detach(), float(self.config["pl_decay"]))
+        mean = self.pl_mean.lerp(all_reduce_mean(lengths.mean().detach()), float(self.config["pl_decay"]))
         if update:
             self.pl_mean.copy_(mean)
         return (lengths - mean).square(), lengths
 
-    def train_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _split_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images, or (images, multi-hot labels) for a conditional run -> (images, labels or None)."""
+        if isinstance(batch, (tuple, list)):
+            if not self.conditional or len(batch) != 2:
+                raise ValueError("this stylegan2_ada was built without labels: it trains on image batches (give "
+                                 "the labels when the run starts: pokelab train stylegan2_ada --labels FILE)")
+            return batch[0], batch[1].float()
+        if self.conditional:
+            raise ValueError("a conditional stylegan2_ada trains on (images, labels) batches (--labels)")
+        return batch, None
+
+    @staticmethod
+    def _gen_labels(real_c: torch.Tensor | None, k: int) -> tuple[torch.Tensor, ...]:
+        """The labels of ``k`` fakes for one phase, as extra ``accumulate`` inputs: () for an unconditional run;
+        else drawn with replacement from the batch's labels, fresh for every phase (the reference draws each
+        phase's gen_c from the training set's labels: the same distribution)."""
+        if real_c is None:
+            return ()
+        return (real_c[torch.randint(len(real_c), (int(k),), device=real_c.device)],)
+
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
         if not self.training_mode:
             raise RuntimeError("this engine was built with training=False (an export): it cannot train")
+        real, real_c = self._split_batch(batch)
         c = self.config
         n = real.size(0)
         G, D = self.G, self.D
 
+        # every phase computes its loss through accumulate(): in micro-batches of batch_gpu rows when the trainer
+        # asks for them (gradients summed before the one step, as the reference's rounds), else all at once.
+        # Batch-size-dependent settings (R1's auto gamma, the EMA, the image count) use the global batch.
+        nb = self.global_batch(n)
+
         # -- Gmain: non-saturating logistic loss through the augmentation
         G.requires_grad_(True)
         D.requires_grad_(False)
+
+        # conditional runs: each phase's labels ride along as an extra accumulate() input (split like z)
+        def g_main(z, *gc):
+            with self.autocast():
+                fake, _ = self._run_G(z, True, *gc)
+                return {"loss": F.softplus(-D(self.augment_images(fake), *gc).float()).mean()}
         z = torch.randn(n, self.z_dim, device=real.device)
-        with self.autocast():
-            fake, _ = self._run_G(z, update_w_avg=True)
-            g_logits = D(self.augment_images(fake)).float()
-            loss_g = F.softplus(-g_logits).mean()
-        self.optimize("G", loss_g)
+        loss_g = self.accumulate("G", g_main, z, *self._gen_labels(real_c, n))["loss"]
 
         # -- Greg: lazy path-length regularisation (fp32, TF32 off: second-order gradients)
         pl_interval = int(c["pl_interval"])
         if float(c["pl_weight"]) > 0 and self._g_steps % pl_interval == 0:
+            def g_reg(z, *gc):
+                penalty, lengths = self.pl_penalty(z, True, *gc)
+                return {"loss": penalty.mean() * float(c["pl_weight"]), "length": lengths.mean()}
             with no_tf32():
-                penalty, lengths = self.pl_penalty(max(1, n // int(c["pl_batch_shrink"])))
-                loss_pl = penalty.mean() * float(c["pl_weight"])
-                self.optimize("G", loss_pl * pl_interval)
-            self.last_pl.copy_(loss_pl.detach())
-            self.last_pl_length.copy_(lengths.mean().detach())
+                z = torch.randn(max(1, n // int(c["pl_batch_shrink"])), self.z_dim, device=real.device)
+                pl = self.accumulate("G", g_reg, z, *self._gen_labels(real_c, len(z)), gain=pl_interval)
+            self.last_pl.copy_(pl["loss"])
+            self.last_pl_length.copy_(pl["length"])
         self.g_steps += 1
         self._g_steps += 1
 
         # -- Dmain: logistic loss on augmented fakes and reals, then ADA's feedback
         G.requires_grad_(False)
         D.requires_grad_(True)
+
+        def d_main(z, x, *cc):  # cc: (labels of the fakes, labels of the reals) in a conditional run
+            gc, rc = cc if cc else (None, None)
+            with torch.no_grad(), self.autocast():
+                fake, _ = self._run_G(z, False, gc)
+            with self.autocast():
+                d_fake = D(self.augment_images(fake), gc).float()
+                d_real = D(self.augment_images(x), rc).float()
+                return {"loss": F.softplus(d_fake).mean() + F.softplus(-d_real).mean(),
+                        "d_fake": d_fake, "d_real": d_real}
         z = torch.randn(n, self.z_dim, device=real.device)
-        with torch.no_grad(), self.autocast():
-            fake, _ = self._run_G(z, update_w_avg=False)
-        with self.autocast():
-            d_fake = D(self.augment_images(fake)).float()
-            d_real = D(self.augment_images(real)).float()
-            loss_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
-        self.optimize("D", loss_d)
+        dm = self.accumulate("D", d_main, z, real, *self._gen_labels(real_c, n),
+                             *((real_c,) if real_c is not None else ()))
+        loss_d, d_fake, d_real = dm["loss"], dm["d_fake"], dm["d_real"]
         if self.augment is not None and hasattr(self.augment, "update"):
-            self.augment.update(d_real.detach())
+            self.augment.update(d_real)
 
         # -- Dreg: lazy R1 on reals (fp32, TF32 off)
         r1_interval = int(c["r1_interval"])
-        gamma = self.r1_gamma(n)
+        gamma = self.r1_gamma(nb)
         if gamma > 0 and self._d_steps % r1_interval == 0:
             with no_tf32():
-                loss_r1 = self.r1_penalty(real).mean() * (gamma / 2)
-                self.optimize("D", loss_r1 * r1_interval)
-            self.last_r1.copy_(loss_r1.detach())
+                loss_r1 = self.accumulate("D", lambda x, *rc: {"loss": self.r1_penalty(x, *rc).mean() * (gamma / 2)},
+                                          real, *((real_c,) if real_c is not None else ()), gain=r1_interval)["loss"]
+            self.last_r1.copy_(loss_r1)
         self.d_steps += 1
         self._d_steps += 1
         G.requires_grad_(True)
 
         # -- G_ema: half-life ema_kimg thousand images, ramped up over the first images
-        beta = self.ema_beta(n)
+        beta = self.ema_beta(nb)
         ema_update(self.G_ema, self.G, beta)
-        self.nimg += n
-        self._nimg += n
+        self.nimg += nb
+        self._nimg += nb
 
         return {
             "loss/D": loss_d.detach(), "loss/G": loss_g.detach(),

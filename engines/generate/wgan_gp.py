@@ -38,6 +38,8 @@ class WGANGP(Engine):
     def __init__(self, config=None, image_size: int = 128, *, training: bool = True):
         super().__init__(config, image_size, training=training)
         c = self.config
+        if c["critic_norm"] is None:  # `--set critic_norm=none` arrives as null
+            c["critic_norm"] = "none"
         self.G = DCGANGenerator(c["z_dim"], image_size, c["g_width"], c["max_channels"])
         if training:
             self.D = DCGANDiscriminator(image_size, c["d_width"], c["max_channels"], norm=c["critic_norm"])

@@ -1,4 +1,5 @@
-"""Evaluation metrics: FID, KID, MS-SSIM diversity / mode collapse, LPIPS, novelty, Inception Score.
+"""Evaluation metrics: FID (with FID∞ and 95 % intervals), KID, precision/recall, density/coverage, MS-SSIM
+diversity / mode collapse, LPIPS, novelty, Inception Score.
 
 See docs/metrics.md for what each number means and the choices behind it.
 
@@ -26,7 +27,11 @@ _LAZY = {
     "RealStats": "fid",
     "stats_cache_dir": "fid",
     "kid": "kid",
+    "kid_and_interval": "kid",
     "mmd2_unbiased": "kid",
+    "fid_infinity": "small_n",
+    "fid_interval": "small_n",
+    "prdc": "prdc",
     "ms_ssim": "msssim",
     "ms_ssim_scales": "msssim",
     "pairwise_ms_ssim": "msssim",
@@ -38,6 +43,9 @@ _LAZY = {
     "nearest_real": "novelty",
     "novelty": "novelty",
     "find_nearest_training_images": "evaluate",
+    "evaluate_conditional": "per_label",
+    "per_label_scores": "per_label",
+    "label_consistency": "per_label",
     "load_image_folder": "sources",
     "add_eval_command": "cli",
 }

@@ -35,8 +35,11 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--source", metavar="PICTURES",
                    help="translation runs/exports: the pictures to translate (default: the recorded source set)")
     p.add_argument("--metrics",
-                   help=f"comma-separated: fid,kid,ms_ssim,lpips,novelty,is or 'all' (default: {DEFAULT_METRICS}); "
-                        f"translation: fid,kid,lpips,cycle,lpips_target or 'all' (default: {TRANSLATION_DEFAULT})")
+                   help=f"comma-separated: fid,kid,ms_ssim,lpips,novelty,is,precision,recall,density,coverage,fid_inf "
+                        f"or 'all' (every one but is; default: {DEFAULT_METRICS}; fid and kid come with 95%% intervals "
+                        f"fid_lo/fid_hi, kid_lo/kid_hi); "
+                        f"translation: fid,kid,lpips,cycle,lpips_target or 'all' (default: {TRANSLATION_DEFAULT}); "
+                        f"upscaling (srgan): psnr,ssim,lpips, each beside bicubic's (default: all three)")
     p.add_argument("--n", type=int, default=2000,
                    help="images to generate for a run/export, or source pictures to translate at most "
                         "(default: %(default)s)")
@@ -180,6 +183,7 @@ def run_eval(args) -> int:
 
         export_cfg = read_export_config(target)
     translating = bool(export_cfg) and export_cfg.get("kind") == "translate"
+    upscaling = bool(export_cfg) and export_cfg.get("kind") == "upscale"  # srgan: PSNR/SSIM/LPIPS vs bicubic
     if args.against:
         against = Path(args.against)
     elif export_cfg:
@@ -201,10 +205,16 @@ def run_eval(args) -> int:
         raise ValueError("--n must be at least 2")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if translating:
+    if upscaling:
+        from .superres import parse_upscale_metrics
+
+        metrics = parse_upscale_metrics(args.metrics or "psnr,ssim,lpips")
+    elif translating:
         from .translation import parse_translation_metrics
 
-        metrics = parse_translation_metrics(args.metrics or TRANSLATION_DEFAULT)
+        paired_run = bool((export_cfg.get("extra") or {}).get("paired"))  # pix2pix: its distances to the targets too
+        metrics = parse_translation_metrics(args.metrics or TRANSLATION_DEFAULT
+                                            + (",l1_target,ssim_target" if paired_run else ""))
     else:
         metrics = parse_metrics(args.metrics or DEFAULT_METRICS)
     device = _device(args.device)
@@ -228,17 +238,41 @@ def run_eval(args) -> int:
             if facts.get("export_epoch") is not None:
                 info["export_epoch"] = facts["export_epoch"]
             _warn_on_differences(facts, device)
-            if translating:
+            if upscaling:
+                from .superres import evaluate_upscaling
+
+                pics = real.images
+                if not args.against:  # the recorded set: its held-out split, the pictures the trainer measured
+                    _train, held = engine.heldout_split(len(pics))
+                    pics = pics[held] if len(held) else pics
+                    info["split"] = f"held-out pictures ({len(pics)}, split_seed {engine.config['split_seed']})"
+                info.update(kind="upscaler")
+                res = evaluate_upscaling(engine, pics, metrics=metrics, n=args.n,
+                                         batch_size=min(args.batch_size, 8), device=device, progress=args.progress)
+            elif translating:
                 from .translation import evaluate_translation
 
                 source = Path(args.source) if args.source else _recorded(export_cfg, "source_dataset", "source set")
                 pictures = load_dataset(source, size=engine.image_size, progress=False,
                                         **_prepare_options(recs[0] if len(recs) > 1 else None, args,
                                                            recorded=not args.source))
+                pairing = (export_cfg.get("trained") or {}).get("pairing")
+                if isinstance(pairing, dict) and not args.source:  # a paired run is measured on its held-out ids, as the trainer does
+                    from ..paired import held_out_subset
+
+                    pictures = held_out_subset(pictures, pairing)
+                    info["split"] = f"held-out ids ({len(pictures.images)})"
                 info.update(kind="translator", source=str(source))
                 res = evaluate_translation(engine, pictures, real, metrics=metrics, n=args.n,
                                            batch_size=args.batch_size, device=device, seed=seed,
                                            progress=args.progress)
+            elif getattr(engine, "conditional", False):  # + per-label KID/FID and label consistency (per_label.py)
+                from .per_label import evaluate_conditional
+
+                info.update(kind="conditional generator")
+                real = _with_labels(real, recs[-1] if recs else None)
+                res = evaluate_conditional(engine, real, n=args.n, metrics=metrics, batch_size=args.batch_size,
+                                           device=device, seed=seed, progress=args.progress, details=details)
             else:
                 info.update(kind="generator")
                 res = evaluate_generator(lambda k, s: engine.sample(n=k, seed=s), real, n=args.n, metrics=metrics,
@@ -267,10 +301,32 @@ def run_eval(args) -> int:
     else:
         for msg in notes:
             print(f"warning: {msg}", file=sys.stderr)
-        print(_table(info, res))
+        from .per_label import per_label_text, split_result
+
+        print(_table(info, split_result(res)[0]))  # per-label figures: their own table below
+        if per_label_text(res):
+            print(per_label_text(res))
         if nov is not None:
             print(_nearest_table(nov, fake_names))
     return 0
+
+
+def _with_labels(real, rec: dict | None):
+    """The real set with the labels a conditional run recorded (its file, column and vocabulary), as the trainer
+    evaluated it; without them (none recorded, the file gone or not matching --against) the whole set, and a
+    warning that the per-label figures are left out."""
+    from ..labels import LabelError, reattach
+
+    labels = (rec or {}).get("labels")
+    if not labels:
+        warnings.warn("the run records no labels file: per-label metrics left out", RuntimeWarning, stacklevel=2)
+        return real
+    try:
+        return reattach(real, labels)
+    except LabelError as e:
+        warnings.warn(f"per-label metrics left out: the recorded labels do not fit these images ({e})",
+                      RuntimeWarning, stacklevel=2)
+        return real
 
 
 def _log_to_run(run_dir: Path, res: dict, seed: int, facts: dict, notes: list[str]) -> None:
@@ -292,19 +348,20 @@ def _fmt(key: str, res: dict) -> str:
     v = res[key]
     if key == "collapse":
         return "YES (samples far more alike than real images)" if v else "no"
+    interval = f"  (95% interval {res[key + '_lo']:.5g} to {res[key + '_hi']:.5g})" if f"{key}_lo" in res else ""
     if key in ("kid", "is") and f"{key}_std" in res:
-        return f"{v:.5g} ± {res[key + '_std']:.2g}"
+        return f"{v:.5g} ± {res[key + '_std']:.2g}" + interval
     if key == "eval_n":
         return str(int(v))
     if key == "eval_seconds":
         return f"{v:.1f} s"
-    return f"{v:.5g}"
+    return f"{v:.5g}" + interval
 
 
 def _table(info: dict, res: dict) -> str:
     head = (f"{info['target']} ({info.get('engine', 'images')}, {int(res['eval_n'])} images) vs {info['against']} "
             f"({info['real_images']} images)")
-    rows = [(k, _fmt(k, res)) for k in res if not k.endswith("_std")]
+    rows = [(k, _fmt(k, res)) for k in res if not k.endswith(("_std", "_lo", "_hi"))]
     width = max(len(k) for k, _ in rows)
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

@@ -215,6 +215,20 @@ def _write_stats(path: Path, st: RealStats) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _stats_path(key: str, size: tuple[int, int], name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(name))[:40] or "real"
+    return stats_cache_dir() / f"{safe}-{size[0]}x{size[1]}-{key}.npz"
+
+
+def stats_cached(content_key: str, size: tuple[int, int], name: str = "real") -> bool:
+    """Whether ``real_statistics`` would find these statistics in memory or on disk (not checked for damage)."""
+    key = stats_key(content_key, size)
+    with _mem_lock:
+        if key in _mem:
+            return True
+    return _stats_path(key, size, name).is_file()
+
+
 def real_statistics(content_key: str, size: tuple[int, int], images: Callable[[], torch.Tensor], *,
                     name: str = "real", device=None, batch_size: int = 50, progress: bool = False,
                     use_cache: bool = True) -> RealStats:
@@ -228,8 +242,7 @@ def real_statistics(content_key: str, size: tuple[int, int], images: Callable[[]
         if use_cache and key in _mem:
             _mem.move_to_end(key)
             return _mem[key]
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(name))[:40] or "real"
-    path = stats_cache_dir() / f"{safe}-{size[0]}x{size[1]}-{key}.npz"
+    path = _stats_path(key, size, name)
     st = None
     if use_cache and path.exists():
         try:

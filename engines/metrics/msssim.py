@@ -102,6 +102,19 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float | None = None, s
     return val.mean(1)
 
 
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float, win_size: int = 11, win_sigma: float = 1.5,
+         k: tuple[float, float] = (0.01, 0.03)) -> torch.Tensor:
+    """Per-pair SSIM [B] (Wang et al. 2004: the same Gaussian window, constants and "valid" filtering as
+    ``ms_ssim``'s finest scale, without its ReLU), averaged over channels; float NCHW batches."""
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"SSIM needs two NCHW batches of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < win_size:
+        raise ValueError(f"SSIM needs images of at least {win_size} px (the Gaussian window); got {tuple(x.shape[-2:])}")
+    x, y = x.double(), y.double()
+    ssim_c, _cs = _ssim_terms(x, y, _gauss_window(win_size, win_sigma, x.dtype, x.device), float(data_range), *k)
+    return ssim_c.mean(1)
+
+
 def random_pairs(n: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i, j), i != j: all unordered pairs when there are at most ``pairs``, else a seeded sample."""
     if n < 2:

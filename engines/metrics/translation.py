@@ -10,16 +10,20 @@ Every source picture is translated A -> B (up to ``n``), then:
   engines with both directions;
 - ``lpips/target``: when the two sets share picture ids (file names without extension, as the shared
   sprite -> artwork task does), mean LPIPS between each output and the true target of the same id; lower
-  is better; ``paired_n`` says how many pairs were found. Training stays unpaired: pairs are only read here.
+  is better; ``paired_n`` says how many pairs were found. The unpaired engines never see the pairs in training.
   ``lpips/target_input`` is the same distance for the untranslated inputs: the do-nothing baseline.
+- ``l1/target``, ``ssim/target`` (metrics ``l1_target``, ``ssim_target``): the same pairs, mean absolute
+  difference in [-1, 1] units (the unit of the training L1 losses) and SSIM (``msssim.ssim``: 11-tap Gaussian
+  window, sigma 1.5, on 0-255 pixels, mean over channels; higher is better); ``_input`` keys for the inputs.
+  The paired engine (pix2pix) logs them; ``pokelab eval-paired`` tabulates them beside baselines.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
 import warnings
-from pathlib import PurePath
 from typing import Iterable
 
 import numpy as np
@@ -30,7 +34,9 @@ from .evaluate import EvalOptions, _evaluate, parse_metric_names
 from .inception import as_uint8_rgb, resolve_device
 from .sources import as_image_set, resize_uint8
 
-TRANSLATION_METRICS = ("fid", "kid", "lpips", "cycle", "lpips_target")
+TRANSLATION_METRICS = ("fid", "kid", "lpips", "cycle", "lpips_target", "l1_target", "ssim_target")
+#: metrics that compare each output with the true target of the same id -> their result key
+PAIRED_METRICS = {"l1_target": "l1/target", "ssim_target": "ssim/target", "lpips_target": "lpips/target"}
 _baseline_lock = threading.Lock()
 _baseline_cache: dict[tuple, dict[str, float]] = {}
 
@@ -41,9 +47,10 @@ def parse_translation_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
 
 def paired_indices(source_files: list[str], target_files: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Indices (i, j) of source and target pictures with the same id (file stem, case-insensitive)."""
-    where = {PurePath(f).stem.lower(): j for j, f in enumerate(target_files)}
-    pairs = [(i, where[PurePath(f).stem.lower()]) for i, f in enumerate(source_files)
-             if PurePath(f).stem.lower() in where]
+    from ..paired import picture_id
+
+    where = {picture_id(f): j for j, f in enumerate(target_files)}
+    pairs = [(i, where[picture_id(f)]) for i, f in enumerate(source_files) if picture_id(f) in where]
     if not pairs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     i, j = np.array(pairs, np.int64).T
@@ -54,8 +61,9 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
                          n: int | None = None, batch_size: int = 50, device=None, seed: int = 0,
                          progress: bool = False, **options) -> dict[str, float]:
     """Metrics of ``engine`` (a TranslationEngine) translating ``source`` into the domain of ``target``
-    (PreparedDatasets, image sets or uint8 tensors). Keys: fid, kid, kid_std, fid_input, kid_input, lpips/content, cycle/A,
-    lpips/target, lpips/target_input, paired_n (those asked for and possible), eval_n, eval_seconds."""
+    (PreparedDatasets, image sets or uint8 tensors). Keys: fid, kid, kid_std, fid_input, kid_input, lpips/content,
+    cycle/A, lpips/target, l1/target, ssim/target (each with an _input twin), paired_n (those asked for and
+    possible), eval_n, eval_seconds."""
     t0 = time.perf_counter()
     metrics = parse_translation_metrics(metrics)
     opts = EvalOptions(**options)
@@ -91,9 +99,7 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
     feature_metrics = [m for m in ("fid", "kid") if m in metrics]
     if feature_metrics:
         def scores(images: torch.Tensor) -> dict[str, float]:
-            batches = (images[s:s + batch_size] for s in range(0, count, batch_size))
-            r = _evaluate(batches, count, tgt, feature_metrics, batch_size, dev, seed, False, opts, None)
-            return {k: v for k, v in r.items() if k in ("fid", "kid", "kid_std")}
+            return feature_scores(images, tgt, feature_metrics, batch_size, dev, seed, opts)
 
         res.update(scores(out_u8))
         # the do-nothing baseline (the inputs themselves against the target set), computed once per run
@@ -111,22 +117,62 @@ def evaluate_translation(engine, source, target, metrics: str | Iterable[str] = 
         res["lpips/content"] = float(lpips_distance(inputs, out_u8, dev, batch_size).mean())
     if with_cycle:
         res["cycle/A"] = cycle_sum / count
-    if "lpips_target" in metrics:
+    paired = [m for m in PAIRED_METRICS if m in metrics]
+    if paired:
         i, j = paired_indices(list(src.files or [])[:count], list(tgt.files or []))
         if len(i):
-            from .perceptual import lpips_distance
-
-            truth = as_uint8_rgb(tgt.images[torch.as_tensor(j)])
-            if tuple(truth.shape[-2:]) != size:
-                truth = resize_uint8(truth, size)
-            res["lpips/target"] = float(lpips_distance(out_u8[torch.as_tensor(i)], truth, dev, batch_size).mean())
-            # the do-nothing baseline: a translator earns its keep only by getting below this
-            res["lpips/target_input"] = float(lpips_distance(inputs[torch.as_tensor(i)], truth, dev,
-                                                             batch_size).mean())
+            truth = true_targets(tgt, j, size)
+            res.update(paired_scores(out_u8[torch.as_tensor(i)], truth, paired, dev, batch_size))
+            # the do-nothing baseline: a translator earns its keep only by beating this
+            res.update({f"{k}_input": v for k, v in
+                        paired_scores(inputs[torch.as_tensor(i)], truth, paired, dev, batch_size).items()})
             res["paired_n"] = float(len(i))
         else:
-            warnings.warn("lpips_target skipped: the source and target sets share no picture ids (file names)",
-                          stacklevel=2)
+            warnings.warn(f"{', '.join(paired)} skipped: the source and target sets share no picture ids "
+                          "(file names)", stacklevel=2)
     res["eval_n"] = float(count)
     res["eval_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def feature_scores(images: torch.Tensor, target, metrics: Iterable[str], batch_size: int = 50, device=None,
+                   seed: int = 0, opts: EvalOptions | None = None) -> dict[str, float]:
+    """FID / KID (+ kid_std) of uint8 pictures against the target set (its statistics cached by key)."""
+    metrics = [m for m in ("fid", "kid") if m in metrics]
+    count = len(images)
+    batches = (images[s:s + batch_size] for s in range(0, count, batch_size))
+    opts = dataclasses.replace(opts or EvalOptions(), intervals=0)  # only fid/kid are kept: skip their intervals
+    r = _evaluate(batches, count, as_image_set(target, "target"), metrics, batch_size, resolve_device(device),
+                  seed, False, opts, None)
+    return {k: v for k, v in r.items() if k in ("fid", "kid", "kid_std")}
+
+
+def true_targets(target, index, size: tuple[int, int]) -> torch.Tensor:
+    """The target set's pictures at ``index`` as uint8 RGB at ``size`` (antialiased resize where needed)."""
+    truth = as_uint8_rgb(target.images[torch.as_tensor(index)])
+    return resize_uint8(truth, size) if tuple(truth.shape[-2:]) != tuple(size) else truth
+
+
+def paired_scores(outputs: torch.Tensor, truth: torch.Tensor, metrics: Iterable[str] = tuple(PAIRED_METRICS),
+                  device=None, batch_size: int = 50) -> dict[str, float]:
+    """Mean distances of aligned uint8 pictures to their true targets: ``l1/target`` ([-1, 1] units),
+    ``ssim/target`` (single-scale SSIM, higher is better), ``lpips/target`` (AlexNet LPIPS)."""
+    if outputs.shape != truth.shape or outputs.dim() != 4:
+        raise ValueError(f"paired metrics need two aligned NCHW batches, got {tuple(outputs.shape)} and "
+                         f"{tuple(truth.shape)}")
+    metrics = [m for m in PAIRED_METRICS if m in metrics]
+    res: dict[str, float] = {}
+    if "l1_target" in metrics:  # exact in integers: |a - b| / 127.5 is the distance of from_uint8 values
+        diff = (outputs.to(torch.int16) - truth.to(torch.int16)).abs().double()
+        res["l1/target"] = float(diff.mean() / 127.5)
+    if "ssim_target" in metrics:
+        from .msssim import ssim
+
+        vals = [ssim(outputs[s:s + batch_size], truth[s:s + batch_size], data_range=255.0)
+                for s in range(0, len(outputs), batch_size)]
+        res["ssim/target"] = float(torch.cat(vals).mean())
+    if "lpips_target" in metrics:
+        from .perceptual import lpips_distance
+
+        res["lpips/target"] = float(lpips_distance(outputs, truth, resolve_device(device), batch_size).mean())
     return res

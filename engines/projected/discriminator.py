@@ -14,6 +14,12 @@ resume state, so a resumed run sees the same features.
 ``input_size``: the reference upsamples images smaller than 224 px to 224 before the feature network.
 ``0`` feeds the training size instead (much cheaper on a CPU; docs/decisions.md has the measurement).
 The per-scale discriminators follow the real feature sizes either way.
+
+Class-conditional (``c_dim`` > 0), as the reference's ``SingleDiscCond``: each per-scale discriminator ends in
+a 4x4 conv to ``cmap_dim`` channels instead of one, a class embedding (``embedding_dim`` wide) goes through a
+linear layer + LeakyReLU(0.2) to cmap, and each logit is sum(out * cmap) / sqrt(cmap_dim). The reference looks
+up one class (argmax); a multi-hot row (``Grass|Poison``) takes the mean of its labels' embeddings, which is
+that lookup for a single label.
 """
 from __future__ import annotations
 
@@ -105,10 +111,18 @@ class DownBlock(nn.Module):
         return self.main(x)
 
 
-class ScaleDiscriminator(nn.Module):
-    """Stride-2 blocks from the feature map's size down to 8x8, then a 4x4 conv to a map of logits."""
+def mean_embedding(y: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Multi-hot rows [N, K] -> the mean of their labels' rows of ``table`` [K, E] (a lookup for one-hot rows)."""
+    y = y.to(table.dtype)
+    return (y / y.sum(1, keepdim=True).clamp_min(1e-8)) @ table
 
-    def __init__(self, cin: int, size: int, width: float = 1.0, separable: bool = False, end: int = 8):
+
+class ScaleDiscriminator(nn.Module):
+    """Stride-2 blocks from the feature map's size down to 8x8, then a 4x4 conv to a map of logits (conditional:
+    to cmap_dim channels, projected onto the label's cmap)."""
+
+    def __init__(self, cin: int, size: int, width: float = 1.0, separable: bool = False, end: int = 8,
+                 c_dim: int = 0, cmap_dim: int = 64, embedding_dim: int = 128):
         super().__init__()
 
         def ch(s: int) -> int:
@@ -120,11 +134,21 @@ class ScaleDiscriminator(nn.Module):
         while size > end:
             layers.append(DownBlock(c, ch(size // 2), separable))
             c, size = ch(size // 2), size // 2
-        layers.append(sn_conv(c, 1, min(4, size), 1, 0, bias=False))
+        self.cmap_dim = int(cmap_dim) if c_dim > 0 else 0
+        layers.append(sn_conv(c, self.cmap_dim or 1, min(4, size), 1, 0, bias=False))
         self.main = nn.Sequential(*layers)
+        if c_dim > 0:
+            self.embed = nn.Embedding(c_dim, embedding_dim)
+            self.embed_proj = nn.Sequential(nn.Linear(embedding_dim, self.cmap_dim), nn.LeakyReLU(0.2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.main(x)
+        if not self.cmap_dim:
+            return out
+        if c is None:
+            raise ValueError("a conditional projected discriminator needs the labels")
+        cmap = self.embed_proj(mean_embedding(c, self.embed.weight)).to(out.dtype)[:, :, None, None]
+        return (out * cmap).sum(1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
 
 
 class ProjectedDiscriminator(nn.Module):
@@ -135,14 +159,15 @@ class ProjectedDiscriminator(nn.Module):
 
     def __init__(self, image_size: int, input_size: int = 0, cout: int = 64, expand: bool = True,
                  proj_type: int = 2, num_discs: int = 4, width: float = 1.0, separable: bool = False,
-                 weights=None):
+                 weights=None, c_dim: int = 0, cmap_dim: int = 64, embedding_dim: int = 128):
         super().__init__()
         if not 1 <= int(num_discs) <= 4:
             raise ValueError(f"num_discs must be 1..4, not {num_discs!r}")
         self.input_size = int(input_size) or int(image_size)
         self.feature = RandomProjection(cout, expand, proj_type, weights)
         sizes = self.feature.feature_sizes(self.input_size)
-        self.discs = nn.ModuleList(ScaleDiscriminator(c, s, width, separable)
+        self.discs = nn.ModuleList(ScaleDiscriminator(c, s, width, separable, c_dim=c_dim, cmap_dim=cmap_dim,
+                                                      embedding_dim=embedding_dim)
                                    for c, s in list(zip(self.feature.channels, sizes))[:num_discs])
 
     def train(self, mode: bool = True) -> "ProjectedDiscriminator":
@@ -150,11 +175,12 @@ class ProjectedDiscriminator(nn.Module):
         self.feature.train(False)  # the pretrained statistics and the random projections never change
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """``c``: multi-hot labels [B, K] for a conditional D (ignored otherwise)."""
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, self.input_size, mode="bilinear", align_corners=False)
         feats = self.feature(x)
-        return torch.cat([d(f).flatten(1) for d, f in zip(self.discs, feats)], dim=1)
+        return torch.cat([(d(f, c) if d.cmap_dim else d(f)).flatten(1) for d, f in zip(self.discs, feats)], dim=1)
 
     def trainable_parameters(self):
         return self.discs.parameters()

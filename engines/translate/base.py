@@ -1,7 +1,8 @@
-"""What every image-to-image translation engine shares (CycleGAN, CartoonGAN, U-GAT-IT).
+"""What every image-to-image translation engine shares (CycleGAN, CartoonGAN, U-GAT-IT, pix2pix).
 
 The contract on top of ``engines.base.Engine`` (docs/engines.md):
-- ``kind = "translate"``, ``domains = 2``: ``train_step((real_A, real_B))`` on unpaired batches;
+- ``kind = "translate"``, ``domains = 2``: ``train_step((real_A, real_B))`` on unpaired batches (aligned
+  pairs for ``paired`` engines: pix2pix);
 - ``translate(x, direction="AB")``: pictures in [-1, 1] -> translated pictures in [-1, 1] (batched,
   inference mode); ``directions`` says which directions the engine has (CartoonGAN only A→B);
 - ``attention(x)``: raw CAM heat maps [N, H, W] (float32, input size) where the model has them
@@ -25,6 +26,7 @@ from torch import nn
 
 from ..base import Engine
 from ..images import from_uint8, heatmap_rgb, overlay_heatmap, to_uint8
+from ..losses import lsgan_loss  # noqa: F401 - the translation engines import it from here
 
 
 class TranslationEngine(Engine):
@@ -40,6 +42,10 @@ class TranslationEngine(Engine):
     }
     directions: ClassVar[tuple[str, ...]] = ("AB", "BA")
     has_attention: ClassVar[bool] = False
+    #: trained on pairs (pix2pix): the trainer matches the two sets by file id, holds out the engine's
+    #: ``val_fraction`` of the ids and feeds aligned pairs (engines/paired.py); unpaired engines get two
+    #: independently shuffled sets
+    paired: ClassVar[bool] = False
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -146,11 +152,14 @@ class TranslationEngine(Engine):
         finally:
             self.train(was_training)
 
-    def sample_grid(self, images: torch.Tensor) -> dict[str, Any]:
-        """One row per input picture (uint8 or [-1, 1]): input | output | reconstruction | attention overlay."""
+    def sample_grid(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, Any]:
+        """One row per input picture (uint8 or [-1, 1]): input | output | true target (when ``targets`` are
+        given: paired engines) | reconstruction | attention overlay."""
         x = self._check_input(images.to(self.device))
         y = self.translate(x)
         cols = [to_uint8(x), to_uint8(y)]
+        if targets is not None:
+            cols.append(to_uint8(self._check_input(targets.to(self.device))))
         if "BA" in self.directions:
             cols.append(to_uint8(self.translate(y, "BA")))
         if self.has_attention:
@@ -252,12 +261,6 @@ def random_hflip(x: torch.Tensor) -> torch.Tensor:
     """Each image mirrored left-right with probability 0.5 (the references flip after the resize and crop)."""
     flip = torch.rand(x.shape[0], device=x.device) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-
-
-def lsgan_loss(pred: torch.Tensor, real: bool) -> torch.Tensor:
-    """Least-squares GAN loss (Mao et al. 2017) on raw D outputs, in fp32 for stability under autocast."""
-    pred = pred.float()
-    return F.mse_loss(pred, torch.full_like(pred, 1.0 if real else 0.0))
 
 
 def patch_accuracy(pred: torch.Tensor, real: bool) -> torch.Tensor:

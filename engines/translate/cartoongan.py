@@ -19,16 +19,17 @@ batched torch function that runs on the training device; docs/cartoongan.md expl
 from __future__ import annotations
 
 import math
-import threading
-from pathlib import Path
+from pathlib import Path  # noqa: F401 - tests reach torch.hub's folder through it
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import bce_loss
 from ..metrics.msssim import _gauss_window
 from ..registry import register
+from ..vgg import VGG16_FILE, VGGFeatures, VGGUnavailable, get_vgg_features, vgg16_state_dict  # noqa: F401
 from .base import TranslationEngine, init_normal, lsgan_loss, patch_accuracy, set_requires_grad
 from .cyclegan import ResnetBlock
 
@@ -171,78 +172,21 @@ def edge_smooth(x: torch.Tensor, low: float = 100.0, high: float = 200.0, dilati
 
 
 # ---------------------------------------------------------------------------------------------------
-# Content network: VGG16 conv1_1 ... conv4_3 (+ ReLU), frozen, one copy per process and device
+# Content network: VGG16 conv1_1 ... conv4_3 (+ ReLU), frozen, one copy per process and device (engines.vgg,
+# shared with SRGAN's perceptual loss)
 # ---------------------------------------------------------------------------------------------------
 
-VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16, as cached under $TORCH_HOME/hub/checkpoints
-_VGG16_TO_CONV4_3 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
-_vgg_lock = threading.Lock()
-_vgg_nets: dict[str, nn.Module] = {}
-
-
-class VGGUnavailable(FileNotFoundError):
-    """The ImageNet VGG16 weights the content loss needs could not be found or read."""
-
-
-class VGGContent(nn.Module):
-    """[-1, 1] pictures -> VGG16 relu4_3 features (512 channels, 1/8 resolution), ImageNet-normalised inside."""
-
-    def __init__(self):
-        super().__init__()
-        layers: list[nn.Module] = []
-        ch = 3
-        for v in _VGG16_TO_CONV4_3:  # same indices as torchvision's vgg16().features[:23]
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(ch, v, 3, padding=1), nn.ReLU(inplace=True)]
-                ch = v
-        self.features = nn.Sequential(*layers)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(((x + 1) * 0.5 - self.mean) / self.std)
+_CONTENT_LAYER = "relu4_3"
+_PURPOSE = "CartoonGAN's content loss"
 
 
 def _vgg16_state_dict() -> dict[str, torch.Tensor]:
-    path = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
-    try:
-        if path.is_file():  # mmap: only the convolution tensors are read, not the 400 MB classifier
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        from torchvision.models import VGG16_Weights
-
-        return torch.hub.load_state_dict_from_url(VGG16_Weights.IMAGENET1K_V1.url, progress=False,
-                                                  map_location="cpu")
-    except Exception as e:  # noqa: BLE001 — no cache and no network, a truncated file, ...
-        raise VGGUnavailable(
-            f"could not load the ImageNet VGG16 weights for CartoonGAN's content loss ({type(e).__name__}: {e}); "
-            f"point TORCH_HOME at a folder whose hub/checkpoints/ holds {VGG16_FILE} or allow the download") from e
+    return vgg16_state_dict(_PURPOSE)
 
 
-def get_vgg_content(device: str | torch.device | None = None) -> VGGContent:
+def get_vgg_content(device: str | torch.device | None = None) -> VGGFeatures:
     """The frozen content network on ``device`` (default CPU), eval mode; loaded once per process and device."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    with _vgg_lock:
-        net = _vgg_nets.get(str(dev))
-        if net is None:
-            net = VGGContent()
-            state = _vgg16_state_dict()
-            want = {f"features.{k}" for k in net.features.state_dict()}
-            try:
-                net.load_state_dict({k: v for k, v in state.items() if k in want}, strict=False)
-                missing = want - set(state)
-                if missing:
-                    raise RuntimeError(f"missing {', '.join(sorted(missing))}")
-            except RuntimeError as e:
-                raise VGGUnavailable(f"{VGG16_FILE} does not hold VGG16 convolution weights: {e}") from e
-            net = net.eval().requires_grad_(False).to(dev)
-            if dev.type == "cuda":
-                net = net.to(memory_format=torch.channels_last)
-            _vgg_nets[str(dev)] = net
-    return net
+    return get_vgg_features(_CONTENT_LAYER, device, purpose=_PURPOSE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,8 +246,7 @@ def gan_loss(pred: torch.Tensor, real: bool, kind: str) -> torch.Tensor:
     """'bce': the paper's standard GAN loss on logits (non-saturating for G); 'lsgan': least squares."""
     if kind == "lsgan":
         return lsgan_loss(pred, real)
-    pred = pred.float()
-    return F.binary_cross_entropy_with_logits(pred, torch.full_like(pred, 1.0 if real else 0.0))
+    return bce_loss(pred, real)
 
 
 def d_accuracy(pred: torch.Tensor, real: bool, kind: str) -> torch.Tensor:

@@ -53,16 +53,18 @@ class ResnetGenerator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """With n_layers = 3 each output sees a 70x70 patch of the input."""
+    """With n_layers = 3 each output sees a 70x70 patch of the input. ``channels`` 6 judges (input, output)
+    pairs (pix2pix's conditional D); ``affine`` gives the norms a learned scale and shift."""
 
-    def __init__(self, ndf: int = 64, n_layers: int = 3, channels: int = 3):
+    def __init__(self, ndf: int = 64, n_layers: int = 3, channels: int = 3, affine: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = ndf
         for i in range(1, n_layers + 1):
             out = ndf * min(2 ** i, 8)
             stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(ch, out, 4, stride, 1), nn.InstanceNorm2d(out), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(ch, out, 4, stride, 1), nn.InstanceNorm2d(out, affine=affine),
+                       nn.LeakyReLU(0.2, True)]
             ch = out
         layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
         self.net = nn.Sequential(*layers)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
+from ..losses import bce_to
 from ..registry import register
 from .base import TranslationEngine, lsgan_loss, patch_accuracy, set_requires_grad
 from .cyclegan import ResnetBlock  # conv-IN-ReLU-conv-IN residual block: the encoder's, identical in U-GAT-IT
@@ -203,12 +204,6 @@ def discriminator_depths(image_size: int) -> tuple[int, int]:
         raise ValueError(f"U-GAT-IT needs pictures of at least 16 px, not {image_size}")
     g = min(5, int(math.log2(image_size)) - 2)
     return g, min(3, g - 1)
-
-
-def bce_to(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """BCE-with-logits against a constant target, in fp32 (the generators' CAM loss)."""
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 # ---- the engine -----------------------------------------------------------------------------------------
