@@ -196,10 +196,21 @@ class Engine(nn.Module):
             return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
     def scale_lr(self, factor: float) -> None:
-        """Used by the trainer's NaN guard to retry with a lower learning rate."""
+        """Used by the trainer's NaN guard to retry with a lower learning rate. Engines with an lr schedule keep
+        their base rate in each group's ``initial_lr`` (``set_lr_factor``); it is scaled too, so the lower lr
+        survives the schedule."""
         for opt in self.optimizers.values():
             for g in opt.param_groups:
                 g["lr"] *= factor
+                if "initial_lr" in g:
+                    g["initial_lr"] *= factor
+
+    def set_lr_factor(self, factor: float, names: tuple[str, ...] | None = None) -> None:
+        """An lr schedule's step: every group of the named optimisers (all by default) at ``initial_lr`` x factor."""
+        for name, opt in self.optimizers.items():
+            if names is None or name in names:
+                for g in opt.param_groups:
+                    g["lr"] = g["initial_lr"] * factor
 
     def augment_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.augment(x) if self.augment is not None else x

@@ -90,25 +90,27 @@ class LabelTable:
     integer_classes: int = 0            # dataset.json: 1 + the largest class index (the vocabulary is 0..n-1)
 
 
-def _read_file(path: Path) -> bytes:
+def read_side_file(path: Path, what: str = "labels file", error: type[LabelError] = LabelError) -> bytes:
+    """The bytes of a small side file (labels, captions): a regular file (FIFOs and devices refused) of at most
+    the data layer's file size limit; errors name ``what`` and are raised as ``error``."""
     try:
         with _open_regular(path) as f:
             raw = _read_at_most(f, DEFAULT_MAX_FILE_BYTES)
     except FileNotFoundError:
-        raise LabelError(f"{path}: no such labels file") from None
+        raise error(f"{path}: no such {what}") from None
     except _NotRegular as e:
-        raise LabelError(f"{path}: is {e}; a labels file must be a regular file") from None
+        raise error(f"{path}: is {e}; a {what} must be a regular file") from None
     except OSError as e:
-        raise LabelError(f"{path}: cannot read the labels file ({e.strerror or e})") from None
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     if len(raw) > DEFAULT_MAX_FILE_BYTES:
-        raise LabelError(f"{path}: over {DEFAULT_MAX_FILE_BYTES // 2**20} MiB; not a labels file")
+        raise error(f"{path}: over {DEFAULT_MAX_FILE_BYTES // 2**20} MiB; not a {what}")
     return raw
 
 
 def read_labels(path: str | os.PathLike, column: str | None = None) -> LabelTable:
     """A CSV (``id`` or ``file`` column + the label ``column``) or stylegan2-ada's ``dataset.json``."""
     p = Path(path).expanduser()
-    raw = _read_file(p)
+    raw = read_side_file(p)
     digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8-sig")

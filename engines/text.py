@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .data import DEFAULT_MAX_FILE_BYTES, _NotRegular, _open_regular, _printable, _read_at_most
-from .labels import KEY_COLUMNS, REPORT_NAMES, LabelError, LabelTable, match_rows, split_values
+from .data import _printable
+from .labels import KEY_COLUMNS, REPORT_NAMES, LabelError, LabelTable, match_rows, read_side_file, split_values
 
 #: the column of a captions file
 CAPTION_COLUMN = "caption"
@@ -78,17 +78,7 @@ class CaptionTable:
 
 def _read_text(path: Path) -> tuple[str, str]:
     """(text, sha256) of a regular UTF-8 file of at most DEFAULT_MAX_FILE_BYTES."""
-    try:
-        with _open_regular(path) as f:
-            raw = _read_at_most(f, DEFAULT_MAX_FILE_BYTES)
-    except FileNotFoundError:
-        raise CaptionError(f"{path}: no such captions file") from None
-    except _NotRegular as e:
-        raise CaptionError(f"{path}: is {e}; a captions file must be a regular file") from None
-    except OSError as e:
-        raise CaptionError(f"{path}: cannot read the captions file ({e.strerror or e})") from None
-    if len(raw) > DEFAULT_MAX_FILE_BYTES:
-        raise CaptionError(f"{path}: over {DEFAULT_MAX_FILE_BYTES // 2**20} MiB; not a captions file")
+    raw = read_side_file(path, "captions file", CaptionError)
     try:
         return raw.decode("utf-8-sig"), hashlib.sha256(raw).hexdigest()
     except UnicodeDecodeError as e:

@@ -434,16 +434,7 @@ class StackGAN(ConditionalEngine, Engine):
         self.set_phase(phase)
         every = int(self.config["lr_decay_every"])
         k = (epoch - 1 if phase == 1 else epoch - s1 - 1) // every if every else 0
-        for name in (("G1", "D1") if phase == 1 else ("G2", "D2")):
-            for g in self.optimizers[name].param_groups:
-                g["lr"] = g["initial_lr"] * 0.5 ** k
-
-    def scale_lr(self, factor: float) -> None:
-        """The NaN guard's lower lr must survive the decay schedule, so the base is scaled too."""
-        super().scale_lr(factor)
-        for opt in self.optimizers.values():
-            for g in opt.param_groups:
-                g["initial_lr"] *= factor
+        self.set_lr_factor(0.5 ** k, ("G1", "D1") if phase == 1 else ("G2", "D2"))
 
     # ---- text ----------------------------------------------------------------------------------------------
     def _caption_vectors(self, idx: torch.Tensor) -> torch.Tensor:

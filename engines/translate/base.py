@@ -71,17 +71,7 @@ class TranslationEngine(Engine):
         return max(0.0, 1.0 - (epoch - start) / (epochs - start + 1))
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
-        f = self.lr_factor(epoch, epochs)
-        for opt in self.optimizers.values():
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * f
-
-    def scale_lr(self, factor: float) -> None:
-        """The NaN guard's lower lr must survive the schedule, so the base is scaled too."""
-        super().scale_lr(factor)
-        for opt in self.optimizers.values():
-            for g in opt.param_groups:
-                g["initial_lr"] *= factor
+        self.set_lr_factor(self.lr_factor(epoch, epochs))
 
     # ---- training helpers ------------------------------------------------------------
     def prepare_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -203,17 +203,7 @@ class SRGAN(UpscaleEngine):
             # SRGAN is a new training initialised with the SRResNet weights: G's Adam starts afresh
             self.optimizers["G"].state.clear()
             self.gan_started.fill_(True)
-        f = self.lr_factor(epoch, epochs)
-        for opt in self.optimizers.values():
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * f
-
-    def scale_lr(self, factor: float) -> None:
-        """The NaN guard's lower lr must survive the schedule, so the base is scaled too."""
-        super().scale_lr(factor)
-        for opt in self.optimizers.values():
-            for g in opt.param_groups:
-                g["initial_lr"] *= factor
+        self.set_lr_factor(self.lr_factor(epoch, epochs))
 
     # ---- losses ---------------------------------------------------------------------------------
     def content_loss(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
