@@ -161,6 +161,13 @@ def shutdown() -> None:
     d, _current = _current, _SINGLE
     if d.owns_group and dist.is_available() and dist.is_initialized():
         try:
+            # every rank leaves together: a rank that tears Gloo down while a peer still talks to it can make the
+            # peer's Gloo thread abort that process at exit ("terminate called without an active exception");
+            # bounded, so a peer that died first costs seconds, not a hang
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=10))
+        except Exception:  # noqa: BLE001 — a dead peer, or a backend without monitored barriers
+            pass
+        try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 — a peer that died first must not turn an exit into a traceback
             pass
