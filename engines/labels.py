@@ -121,16 +121,23 @@ def read_labels(path: str | os.PathLike, column: str | None = None) -> LabelTabl
     return _read_csv(p, text, digest, column)
 
 
+def csv_header(p: Path, text: str, example: str, error: type[LabelError] = LabelError):
+    """(reader over the rows after the header, stripped header, its key column) of a side CSV keyed by image:
+    an empty file or one without a ``file``/``id`` column is ``error`` naming ``p``."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header = next(reader, None)
+    if not header:
+        raise error(f"{p}: empty; expected a header line such as '{example}'")
+    header = [h.strip() for h in header]
+    key_col = next((k for k in KEY_COLUMNS if k in header), None)
+    if key_col is None:
+        raise error(f"{p}: no 'file' or 'id' column to match rows to images (columns: {', '.join(header)})")
+    return reader, header, key_col
+
+
 def _read_csv(p: Path, text: str, digest: str, column: str | None) -> LabelTable:
     try:
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        header = next(reader, None)
-        if not header:
-            raise LabelError(f"{p}: empty; expected a header line such as 'id,label'")
-        header = [h.strip() for h in header]
-        key_col = next((k for k in KEY_COLUMNS if k in header), None)
-        if key_col is None:
-            raise LabelError(f"{p}: no 'file' or 'id' column to match rows to images (columns: {', '.join(header)})")
+        reader, header, key_col = csv_header(p, text, "id,label")
         others = [h for h in header if h not in KEY_COLUMNS and h]
         if column is None:
             column = next((c for c in DEFAULT_COLUMNS if c in header), None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import re
 import threading
 import unicodedata
@@ -29,7 +28,8 @@ import torch
 from torch import nn
 
 from .data import _printable
-from .labels import KEY_COLUMNS, REPORT_NAMES, LabelError, LabelTable, match_rows, read_side_file, split_values
+from .labels import (KEY_COLUMNS, REPORT_NAMES, LabelError, LabelTable, csv_header, match_rows, read_side_file,
+                     split_values)
 
 #: the column of a captions file
 CAPTION_COLUMN = "caption"
@@ -96,15 +96,7 @@ def read_caption_table(path: str | Any, columns: str | Sequence[str] | None = "a
     p = Path(path).expanduser()
     text, digest = _read_text(p)
     try:
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        header = next(reader, None)
-        if not header:
-            raise CaptionError(f"{p}: empty; expected a header line such as 'id,caption'")
-        header = [h.strip() for h in header]
-        key_col = next((k for k in KEY_COLUMNS if k in header), None)
-        if key_col is None:
-            raise CaptionError(f"{p}: no 'file' or 'id' column to match rows to images "
-                               f"(columns: {', '.join(header)})")
+        reader, header, key_col = csv_header(p, text, "id,caption", CaptionError)
         ki = header.index(key_col)
         composed = CAPTION_COLUMN not in header
         cols = choose_columns(header, columns, p) if composed else ()
