@@ -432,11 +432,13 @@ class ExportCatalog:
         return [e for e in self.entries.values() if e.kind == "translate"]
 
     def listed(self, kind: str = "generate", collapsed: bool = False) -> list[ExportEntry]:
-        """What an export picker of ``kind`` offers: the exports whose last evaluation did not flag
-        collapse (not evaluated ones included), in scan order; with ``collapsed`` the flagged ones follow,
-        last."""
+        """What an export picker of ``kind`` offers, best first (so a picker opens on it): the exports whose
+        last evaluation did not flag collapse, lowest KID first, then those without a KID (not evaluated
+        included) in scan order; with ``collapsed`` the flagged ones follow, last."""
         of_kind = [e for e in self.entries.values() if e.kind == kind]
-        return [e for e in of_kind if not e.collapsed] + ([e for e in of_kind if e.collapsed] if collapsed else [])
+        healthy = sorted((e for e in of_kind if not e.collapsed),  # stable: ties keep the scan order
+                         key=lambda e: (e.quality.kid is None, e.quality.kid or 0.0))
+        return healthy + ([e for e in of_kind if e.collapsed] if collapsed else [])
 
     def collapsed(self, kind: str | None = None) -> list[ExportEntry]:
         """Exports whose run's last evaluation flagged mode collapse (of one kind, or all)."""

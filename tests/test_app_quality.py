@@ -149,6 +149,15 @@ def test_run_found_by_run_id_and_never_another_runs_metrics(runs, tmp_path):
 
 
 # ---- lists and labels ---------------------------------------------------------------------------------------
+def test_pickers_open_on_the_lowest_kid(tmp_path):
+    data = write_image_folder(tmp_path / "data" / "tinyset", n=8, size=32)
+    for name, kid in (("20250101-000000-dcgan-a", 0.23), ("20250102-000000-dcgan-b", None),
+                      ("20250103-000000-projected_gan-c", 0.05), ("20250104-000000-dcgan-d", 0.4)):
+        make_run(tmp_path / "runs", name, "dcgan", 0, data, None if kid is None else [ev(1, 100.0, kid, 0.0)])
+    cat = ExportCatalog([tmp_path])
+    assert [e.key[-1] for e in cat.listed("generate")] == ["c", "a", "d", "b"]   # not evaluated: after, kept
+
+
 def test_default_list_leaves_collapsed_out_and_labels_show_the_scores(runs):
     _, ck, _ = runs
     cat = ExportCatalog([ck])

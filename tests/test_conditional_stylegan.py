@@ -124,7 +124,9 @@ def test_projected_gan_parts_use_the_label():
 
 # ---- unconditional runs and the shipped exports are unchanged -------------------------------------------------
 def shipped(engine: str) -> Path:
-    (d,) = sorted((ROOT / "checkpoints" / "runs").glob(f"*-{engine}-*/export"))
+    """The engine's one shipped unconditional export (a conditional one may be shipped beside it)."""
+    (d,) = [d for d in sorted((ROOT / "checkpoints" / "runs").glob(f"*-{engine}-*/export"))
+            if not (json.loads((d / "config.json").read_text()).get("extra") or {}).get("labels")]
     return d
 
 

@@ -258,6 +258,18 @@ def test_gan_phase_resets_g_adam_once_and_steps_both_nets(vgg22):
     assert [g["lr"] for g in e.optimizers["G"].param_groups] == [pytest.approx(1e-5)]
 
 
+def test_gan_phase_g_loss_is_content_adversarial_and_pixel_terms(vgg22):
+    for pixel in (0.0, 1.0):
+        e = make(pixel_weight=pixel, content_weight=0.5, adv_weight=0.25)
+        e.start_epoch(3, 4)
+        out = e.train_step(hr_batch(4, 32))
+        want = 0.5 * out["loss/content"] + 0.25 * out["loss/adv"] + pixel * out["loss/mse"]
+        assert float(out["loss/G"]) == pytest.approx(float(want), rel=1e-5)
+    assert SRGAN.default_config()["pixel_weight"] == 1.0
+    with pytest.raises(ValueError, match="pixel_weight"):
+        make(pixel_weight=-1)
+
+
 def test_checkpoint_round_trip_is_exact(vgg22):
     x = hr_batch(4, 32)
     a = make()
