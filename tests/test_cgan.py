@@ -3,21 +3,19 @@ reproducible by (seed, label), a tiny set it learns the labels of, exact resume,
 and CLI with --labels."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from engines.cli import main
 from engines.config import TrainConfig
-from engines.data import load_dataset
 from engines.export import load_export, save_export
 from engines.generate.cgan import CGAN, ConditionalBatchNorm2d, ProjectionDiscriminator, pool_labels
-from engines.labels import LabelSpec, UnknownLabelError, load_labels
+from engines.labels import LabelSpec, UnknownLabelError
 from engines.registry import get_engine
 from engines.runs import read_info
 from engines.trainer import Trainer
-from helpers import checkpoint_round_trip
+from helpers import checkpoint_round_trip, labelled_set as write_labelled_set
 
 SPEC = LabelSpec(("Fire", "Grass", "Poison", "Water"), "types", (("Fire", 3), ("Grass|Poison", 2), ("Water", 3)))
 TINY = {"g_width": 8, "d_width": 8, "z_dim": 8, "labels": SPEC.to_json()}
@@ -189,19 +187,8 @@ def test_export_round_trip_keeps_the_vocabulary(tmp_path):
 
 @pytest.fixture
 def labelled_set(tmp_path):
-    d = tmp_path / "pics"
-    d.mkdir()
-    names = ["Fire", "Water", "Grass|Poison"]
-    rows = ["id,name,types"]
-    for i in range(1, 19):
-        t = names[i % 3]
-        rgb = {"Fire": (230, 40, 30), "Water": (30, 60, 230), "Grass|Poison": (40, 200, 60)}[t]
-        Image.fromarray(np.full((16, 16, 3), rgb, np.uint8)).save(d / f"{i}.png")
-        rows.append(f"{i},mon{i},{t}")
-    rows.append("900,Missingno,Bird")  # a row without an image: reported
-    (tmp_path / "species.csv").write_text("\n".join(rows) + "\n")
-    ds = load_dataset(d, size=16, cache_dir=tmp_path / "cache", progress=False)
-    return load_labels(ds, tmp_path / "species.csv", "types")
+    # a row without an image: reported
+    return write_labelled_set(tmp_path, ["Fire", "Water", "Grass|Poison"], 18, extra_rows=["900,Missingno,Bird"])
 
 
 def test_trainer_feeds_labels_records_them_and_resumes(tmp_path, labelled_set):

@@ -19,11 +19,11 @@ from engines.export import load_export, save_export
 from engines.generate.projected_gan import CondBatchNorm, FastGANGenerator, ProjectedGAN, UpBlock
 from engines.generate.stylegan2_ada import Discriminator, MappingNetwork, StyleGAN2ADA, normalize_2nd_moment
 from engines.images import to_uint8
-from engines.labels import LabelError, LabelSpec, UnknownLabelError, load_labels
+from engines.labels import LabelError, LabelSpec, UnknownLabelError
 from engines.registry import get_engine
 from engines.runs import read_info
 from engines.trainer import Trainer
-from helpers import checkpoint_round_trip
+from helpers import checkpoint_round_trip, labelled_set as write_labelled_set
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = LabelSpec(("Fire", "Grass", "Poison", "Water"), "types", (("Fire", 3), ("Grass|Poison", 2), ("Water", 3)))
@@ -303,18 +303,7 @@ def test_interpolation_between_labels_at_one_latent():
 # ---- trainer, CLI and app --------------------------------------------------------------------------------------
 @pytest.fixture
 def labelled_set(tmp_path):
-    d = tmp_path / "pics"
-    d.mkdir()
-    names = ["Fire", "Water", "Grass|Poison"]
-    rows = ["id,name,types"]
-    for i in range(1, 19):
-        t = names[i % 3]
-        rgb = {"Fire": (230, 40, 30), "Water": (30, 60, 230), "Grass|Poison": (40, 200, 60)}[t]
-        Image.fromarray(np.full((16, 16, 3), rgb, np.uint8)).save(d / f"{i}.png")
-        rows.append(f"{i},mon{i},{t}")
-    (tmp_path / "species.csv").write_text("\n".join(rows) + "\n")
-    ds = load_dataset(d, size=16, cache_dir=tmp_path / "cache", progress=False)
-    return load_labels(ds, tmp_path / "species.csv", "types")
+    return write_labelled_set(tmp_path, ["Fire", "Water", "Grass|Poison"], 18)
 
 
 def test_trainer_and_cli_with_a_conditional_stylegan(tmp_path, labelled_set, capsys):

@@ -13,17 +13,16 @@ from PIL import Image
 
 from engines.cli import main
 from engines.config import TrainConfig
-from engines.data import load_dataset
 from engines.export import load_export, save_export
 from engines.generate.stackgan import (CondAugment, StackGAN, Stage2Generator, discriminator_loss, generator_loss,
                                        kl_loss)
-from engines.labels import LabelSpec, load_labels
+from engines.labels import LabelSpec
 from engines.registry import get_engine
 from engines.runs import checkpoint_path, read_info, read_metrics
 from engines.text import (CaptionError, UnknownWordsError, WordEncoder, WordVocabulary, compose_caption,
                           read_caption_table, words)
 from engines.trainer import Trainer
-from helpers import checkpoint_round_trip
+from helpers import checkpoint_round_trip, labelled_set as write_labelled_set
 
 SPEC = LabelSpec(("Fire", "Grass", "Water"), "types", (("Fire", 4), ("Grass", 4), ("Water", 4)))
 NAMES = ["Fire", "Water", "Grass"] * 4
@@ -327,17 +326,8 @@ def test_composed_captions_and_captions_files(tmp_path):
 
 @pytest.fixture
 def labelled_set(tmp_path):
-    d = tmp_path / "pics"
-    d.mkdir()
-    rows = ["id,name,types,egg_groups,weight_kg"]
-    for i in range(1, 13):
-        t = NAMES[i % 3]
-        rgb = {"Fire": (230, 40, 30), "Water": (30, 60, 230), "Grass": (40, 200, 60)}[t]
-        Image.fromarray(np.full((16, 16, 3), rgb, np.uint8)).save(d / f"{i}.png")
-        rows.append(f"{i},mon{i},{t},Monster|Field,{i * 1.5}")
-    (tmp_path / "species.csv").write_text("\n".join(rows) + "\n")
-    ds = load_dataset(d, size=16, cache_dir=tmp_path / "cache", progress=False)
-    return load_labels(ds, tmp_path / "species.csv", "types")
+    return write_labelled_set(tmp_path, NAMES[:3], 12, columns=("egg_groups", "weight_kg"),
+                              values=lambda i: ("Monster|Field", f"{i * 1.5}"))
 
 
 def tcfg(epochs, **engine):
