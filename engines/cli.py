@@ -19,7 +19,8 @@ def _train(args) -> int:
     if args.label_column and not args.labels:
         raise ValueError("--label-column needs --labels FILE")
     if args.resume:
-        t = Trainer.resume(args.resume, epochs=args.epochs, progress=args.progress, max_hours=args.max_hours)
+        t = Trainer.resume(args.resume, epochs=args.epochs, progress=args.progress, max_hours=args.max_hours,
+                           overrides=args.set)
         if t.is_main:  # under torchrun rank 0 speaks for the job
             print(f"resuming {t.run_dir} at epoch {t.epoch}/{t.cfg.epochs}")
     else:
@@ -234,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a trainer or engine setting, e.g. --set lr=1e-4 --set eval_every=0")
+                   help="override a trainer or engine setting, e.g. --set lr=1e-4 --set eval_every=0; with --resume only "
+                        "the evaluation, sample and checkpoint cadence (e.g. --set eval_every=40)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--labels", metavar="FILE",
                    help="conditional engines: per-image labels, a CSV with an id or file column (matched to the "

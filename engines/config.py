@@ -79,6 +79,30 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+#: what ``pokelab train --resume RUN --set KEY=VALUE`` may change: when and how a run is looked at and saved,
+#: never what it trains (a different lr, batch or network would break the exact resume: that is a new run)
+RESUME_SETTINGS = ("sample_every", "eval_every", "eval_n", "eval_metrics", "eval_budget", "checkpoint_every",
+                   "checkpoint_minutes", "tensorboard")
+
+
+def apply_resume_overrides(cfg: TrainConfig, pairs: list[str]) -> list[str]:
+    """Apply ``key=value`` pairs to a resumed run's config; any key outside RESUME_SETTINGS is refused before
+    anything changes. Returns the changes in words ("eval_every 10 -> 40") for the run's log."""
+    keys = []
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key = pair.split("=", 1)[0].strip()
+        if key not in RESUME_SETTINGS:
+            raise ValueError(f"--set {key} cannot change on --resume: only {', '.join(RESUME_SETTINGS)} can (they "
+                             f"change what the run records, not what it trains); start a new run to change {key}")
+        keys.append(key)
+    before = {k: getattr(cfg, k) for k in keys}
+    apply_overrides(cfg, pairs)
+    cfg.validate()
+    return [f"{k} {before[k]!r} -> {getattr(cfg, k)!r}" for k in dict.fromkeys(keys) if before[k] != getattr(cfg, k)]
+
+
 def parse_value(text: str) -> Any:
     """'1e-4' -> 1e-4, 'true' -> True, '[0.5, 0.99]' -> list, 'null' -> None, else the string itself."""
     low = text.strip().lower()

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .augment import build_augment
 from . import distributed
-from .config import TrainConfig, mark_explicit
+from .config import TrainConfig, apply_resume_overrides, mark_explicit
 from .eval_cadence import EvalCadence, explicit_from_info, probe_eval_seconds
 from .export import save_export
 from .images import from_uint8, save_grid
@@ -455,8 +455,10 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, dataset=None, epochs: int | None = None,
-               progress: bool | None = None, max_hours: float | None = None) -> "Trainer":
-        """Continue a run exactly where its last checkpoint left it. ``dataset`` defaults to the
+               progress: bool | None = None, max_hours: float | None = None,
+               overrides: list[str] | None = None) -> "Trainer":
+        """Continue a run exactly where its last checkpoint left it. ``overrides`` (``--set k=v``) may change the
+        bookkeeping settings of config.RESUME_SETTINGS (eval/sample/checkpoint cadence), nothing that trains. ``dataset`` defaults to the
         recorded source, which must still have the same content key. A run stopped before its first
         checkpoint (killed between run.json and the epoch-0 checkpoint) restarts in place from epoch 0.
         The run's lock is taken first: a run another trainer owns is refused (RunLockedError)."""
@@ -504,6 +506,7 @@ class Trainer:
                 cfg.epochs = int(epochs)
             if max_hours is not None:
                 cfg.max_hours = float(max_hours)
+            changed = apply_resume_overrides(cfg, list(overrides or ()))
             ds_infos = info["dataset"] if isinstance(info["dataset"], list) else [info["dataset"]]
             distributed.init(cfg.device, cfg.dist_backend)  # under torchrun: join the job (a no-op otherwise)
             if dataset is None:
@@ -545,6 +548,8 @@ class Trainer:
                 else:
                     msg = f"resumed at epoch {t.epoch} step {t.step}"
                 msg += f"; dropped {dropped} later log lines" + (f" ({'; '.join(notes)})" if notes else "")
+                if changed:
+                    msg += f"; settings changed: {', '.join(changed)}"
                 t.writer.log("event", t.epoch, t.step, event="restarted" if restart else "resumed", message=msg)
                 t.writer.append_log(msg)
         except BaseException:

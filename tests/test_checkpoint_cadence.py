@@ -184,3 +184,36 @@ def test_an_epoch_interrupted_by_a_signal_logs_its_whole_training_time(tmp_path,
     r.fit()
     total = sum(x["epoch_seconds"] for x in read_metrics(r.run_dir).train)
     assert total == pytest.approx(read_info(r.run_dir)["wall_seconds"], abs=0.02)
+
+
+def test_resume_may_change_the_cadence_and_stays_exact(tmp_path, tiny_dataset):
+    """`pokelab train --resume RUN --set sample_every=2`: what the run records changes, what it trains does not."""
+    ref = Trainer("dcgan", tiny_dataset, tmp_path / "ref", cfg(epochs=4), progress=False)
+    ref.fit()
+    t = Trainer("dcgan", tiny_dataset, tmp_path / "cut", cfg(epochs=2), progress=False)
+    t.fit()
+    r = Trainer.resume(t.run_dir, dataset=tiny_dataset, progress=False, epochs=4,
+                       overrides=["sample_every=2", "checkpoint_every=1"])
+    assert (r.cfg.sample_every, r.cfg.checkpoint_every) == (2, 1)
+    r.fit()
+    for k, v in ref.engine.state_dict().items():
+        assert torch.equal(v, r.engine.state_dict()[k]), k
+    info = read_info(r.run_dir)
+    assert info["config"]["sample_every"] == 2
+    assert sorted(p.name for p in (r.run_dir / "samples").glob("*.png")) == \
+        ["epoch_000004.png"]  # none in the first run (sample_every 0)
+    resumed = [e for e in read_metrics(r.run_dir).events if e.get("event") == "resumed"]
+    assert "settings changed: sample_every 0 -> 2, checkpoint_every 0 -> 1" in resumed[-1]["message"]
+
+
+@pytest.mark.parametrize("pair, match", [("lr=1", "lr cannot change on --resume"),
+                                         ("batch_size=4", "batch_size cannot change on --resume"),
+                                         ("eval_every", "key=value"), ("eval_every=-1", "eval_every must be >= 0")])
+def test_resume_refuses_settings_that_train(tmp_path, tiny_dataset, pair, match):
+    t = Trainer("dcgan", tiny_dataset, tmp_path / "run", cfg(epochs=1), progress=False)
+    t.fit()
+    before = (t.run_dir / "run.json").read_bytes()
+    with pytest.raises(ValueError, match=match):
+        Trainer.resume(t.run_dir, dataset=tiny_dataset, progress=False, overrides=[pair])
+    assert (t.run_dir / "run.json").read_bytes() == before  # nothing written, and the lock is free again:
+    Trainer.resume(t.run_dir, dataset=tiny_dataset, progress=False).close()
