@@ -309,9 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_command(sub)
 
     from .data import add_data_commands
+    from .fetch import add_fetch_command
     from .logsinks import add_export_tb_command
 
-    add_data_commands(sub)
+    add_fetch_command(add_data_commands(sub))
     from .upscale.cli import add_upscale_command
 
     add_upscale_command(sub)

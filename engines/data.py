@@ -25,7 +25,6 @@ import stat
 import struct
 import sys
 import tarfile
-import tempfile
 import threading
 import unicodedata
 import zipfile
@@ -1615,10 +1614,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_commands(subparsers) -> None:
-    """``pokelab data prepare|fetch|info`` on the CLI's sub-command parsers."""
-    from .fetch import add_fetch_command
-
+def add_data_commands(subparsers):
+    """``pokelab data prepare|info`` on the CLI's sub-command parsers; returns the ``data`` action parsers, where
+    the CLI adds ``fetch`` (engines.fetch builds on this module, so this module never imports it)."""
     d = subparsers.add_parser("data", help="prepare an image set, or fetch the public Pokémon images",
                               description="Prepare image sets for training (docs/data.md).")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
@@ -1660,5 +1658,4 @@ def add_data_commands(subparsers) -> None:
     i = dsub.add_parser("info", help="show a prepared dataset's report")
     i.add_argument("path", help="prepared dataset folder")
     i.set_defaults(func=_cmd_info)
-
-    add_fetch_command(dsub)
+    return dsub

@@ -1,7 +1,6 @@
 """engines.fetch against a local HTTP server on 127.0.0.1 (never the internet)."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -13,7 +12,8 @@ import pytest
 from PIL import Image
 
 from engines import fetch
-from engines.data import DataError, add_data_commands
+from engines.cli import build_parser
+from engines.data import DataError
 from engines.fetch import fetch_images, parse_ids
 
 
@@ -165,8 +165,7 @@ def test_parse_ids_and_bad_arguments(tmp_path):
 
 
 def test_cli_fetch_exit_codes_and_summary(tmp_path, server, capsys):
-    p = argparse.ArgumentParser(prog="pokelab")
-    add_data_commands(p.add_subparsers(dest="command"))
+    p = build_parser()
     common = ["--base-url", server.url, "--workers", "2", "--backoff", "0", "--retries", "1", "--no-progress"]
     args = p.parse_args(["data", "fetch", "pokemon", str(tmp_path / "a"), "--ids", "1-2,5"] + common)
     assert args.func(args) == 1
