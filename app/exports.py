@@ -1,6 +1,6 @@
 """Which engine exports the app serves, loaded once per process, and the training sets behind them.
 
-Discovery reads only each export's config.json (``engines.export.read_export_config``); weights are
+Discovery reads only each export's config.json (``engines.runs.export.read_export_config``); weights are
 loaded on first use and kept (one engine object per export and process, shared by all requests:
 sampling is read-only in eval mode). A folder given on the command line may be an export, a run
 folder (its ``export/``), or a folder holding either one level down (``checkpoints/<name>/`` and
@@ -9,7 +9,7 @@ listed once.
 
 Each export also carries the facts of its run's last evaluation (``ExportEntry.quality``: FID, KID, the
 sample count, MS-SSIM and the mode-collapse flag of the last ``eval`` line of the run's metrics.jsonl, read
-with ``engines.runs.read_metrics`` once per scan). An export whose last evaluation flagged collapse is left
+with ``engines.runs.folder.read_metrics`` once per scan). An export whose last evaluation flagged collapse is left
 out of the default export lists and out of the blind review (``ExportCatalog.listed``, ``app.review_book``);
 an export without an evaluation ("not evaluated") stays available.
 """
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from engines.export import ExportError, read_export_config, resolve_export_dir
-from engines.runs import RunFormatError, is_run_dir, read_info, read_metrics
+from engines.runs.export import ExportError, read_export_config, resolve_export_dir
+from engines.runs.folder import RunFormatError, is_run_dir, read_info, read_metrics
 
 from .appconfig import REPO_ROOT
 from .inputs import AppInputError
@@ -196,7 +196,7 @@ def find_run_dir(export_dir: Path, run_id: Any, roots: Iterable[Path] = ()) -> t
 
 
 def read_quality(run_dir: Path | None, problem: str = "no run folder with metrics found") -> Quality:
-    """The last evaluation of a run (``engines.runs.read_metrics``: malformed and partial lines are skipped
+    """The last evaluation of a run (``engines.runs.folder.read_metrics``: malformed and partial lines are skipped
     with a warning, never an error). Never raises: an unreadable log gives 'not evaluated' with the reason."""
     if run_dir is None:
         return Quality.missing(problem)
@@ -483,7 +483,7 @@ class ExportCatalog:
         with lock:
             eng = self._engines.get(entry.key)
             if eng is None:
-                from engines.export import load_export
+                from engines.runs.export import load_export
 
                 t0 = time.perf_counter()
                 try:
@@ -553,7 +553,7 @@ class ExportCatalog:
                     "give its folder with --data)")
         try:
             try:
-                from engines.data import load_dataset
+                from engines.data.prepare import load_dataset
             except ImportError:
                 load_dataset = None
             if load_dataset is not None:

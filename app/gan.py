@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engines.images import grid_array, png_bytes, save_gif, to_pil_list, to_uint8
-from engines.runs import atomic_write_bytes
+from engines.data.images import grid_array, png_bytes, save_gif, to_pil_list, to_uint8
+from engines.runs.folder import atomic_write_bytes
 
 from .appconfig import LIMITS
 from .inputs import AppInputError, as_choice, as_float, as_int

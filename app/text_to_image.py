@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engines.images import grid_array, to_uint8
+from engines.data.images import grid_array, to_uint8
 
 from .appconfig import LIMITS
 from .gan import check_seed

@@ -4,7 +4,7 @@ cycled back and, for engines with attention (U-GAT-IT), its CAM heat map.
 
 An upload is checked before anything decodes it: its size on disk (``LIMITS.max_upload_bytes``) and the
 pixel count in its header (``LIMITS.max_upload_pixels``, the decompression-bomb guard of
-``engines.data``). ``engines.data.prepare_image`` then flattens transparency on the background the export's
+``engines.data.prepare``). ``engines.data.prepare.prepare_image`` then flattens transparency on the background the export's
 input domain was prepared with, pads to a square (never crops) and resizes with Lanczos.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.images import heatmap_rgb, overlay_heatmap, png_bytes, to_uint8
-from engines.runs import atomic_write_bytes
+from engines.data.images import heatmap_rgb, overlay_heatmap, png_bytes, to_uint8
+from engines.runs.folder import atomic_write_bytes
 
 from .appconfig import LIMITS
 from .inputs import AppInputError, as_choice
@@ -28,7 +28,7 @@ from .inputs import AppInputError, as_choice
 #: rembg models offered in the UI (any name rembg knows is accepted; these give one subject mask each).
 #: isnet-anime is trained on anime/cartoon characters, close to Pokémon art; u2netp is the small, fast one.
 REMBG_CHOICES = ["u2net", "isnet-anime", "isnet-general-use", "u2netp", "silueta"]
-CUSTOM_MODEL = "u2net_custom"   # engines.background's name for "the model file given with --rembg-model-path"
+CUSTOM_MODEL = "u2net_custom"   # engines.data.background's name for "the model file given with --rembg-model-path"
 DIRECTION_NAMES = {"AB": "A → B", "BA": "B → A"}
 
 
@@ -69,7 +69,7 @@ def check_upload(upload: Any) -> Path:
 
 class _CountingSession:
     """A rembg session that counts its predictions, so the page can say whether rembg cut the picture out
-    or the picture kept its own transparency (engines.background never runs the model on those)."""
+    or the picture kept its own transparency (engines.data.background never runs the model on those)."""
 
     def __init__(self, session):
         self.session = session
@@ -88,7 +88,7 @@ class _CountingSession:
 
 class LazyRembg:
     """A rembg session made on the first prediction only. A picture with its own transparency is never sent
-    to rembg (engines.background keeps its alpha), so it needs no model at all: with this, such a picture
+    to rembg (engines.data.background keeps its alpha), so it needs no model at all: with this, such a picture
     translates even where the model is not on disk and cannot be downloaded."""
 
     def __init__(self, model: Any, model_path: str | os.PathLike | None = None):
@@ -107,7 +107,7 @@ class LazyRembg:
 def prepare_upload(upload: Any, size: int, background: str = "white", rembg_session=None) -> tuple[np.ndarray, str]:
     """An uploaded picture -> (size x size x 3 uint8 as the engine sees it, what happened to the background:
     '' (nothing asked), 'removed' (rembg's mask) or 'kept alpha' (the picture's own transparency))."""
-    from engines.data import DataError, prepare_image
+    from engines.data.prepare import DataError, prepare_image
 
     path = check_upload(upload)
     if rembg_session is not None and background == "none":
@@ -134,13 +134,13 @@ _SESSION_LOCK = threading.Lock()
 
 def rembg_session(model: Any, model_path: str | os.PathLike | None = None):
     """A cached rembg session for ``model`` (a rembg model name, or ``u2net_custom`` for the file given with
-    --rembg-model-path). Missing rembg or engines.background, an unknown model or one that cannot be loaded
+    --rembg-model-path). Missing rembg or engines.data.background, an unknown model or one that cannot be loaded
     become an AppInputError that says so; the rest of the app is unaffected."""
     name = str(model or "").strip() or REMBG_CHOICES[0]
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
         raise AppInputError(f"rembg model must be a model name like {REMBG_CHOICES[0]}, not {model!r}")
     try:
-        from engines import background as bgr
+        from engines.data import background as bgr
     except ImportError as e:
         raise AppInputError(f"Background removal is not available on this server ({e}). "
                             "Untick “remove background” to translate the picture as it is.") from None

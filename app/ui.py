@@ -280,7 +280,7 @@ class PokelabApp:
     def translation_examples(self, per_set: int = 6) -> list[tuple[str, list[str]]]:
         """A few pictures of each translation export's input set, when it is a folder of images on this
         machine (listed, not decoded: start-up stays quick), spread over the set."""
-        from engines.data import IMAGE_EXTENSIONS, natural_key
+        from engines.data.prepare import IMAGE_EXTENSIONS, natural_key
 
         out: list[tuple[str, list[str]]] = []
         seen: set[str] = set()

@@ -3,7 +3,7 @@ by an upscaling export (srgan) and shown beside their nearest-neighbour enlargem
 
 Exports of kind ``upscale`` are found like every other export (``app.exports.ExportCatalog``: ``--checkpoints``,
 the shipped ``checkpoints/runs/*/export``); the panel is only built when there is one. The picture a handler
-gets from the page is an array or a file in gradio's cache; a file is read with ``engines.data.read_picture``
+gets from the page is an array or a file in gradio's cache; a file is read with ``engines.data.prepare.read_picture``
 (regular files only, the upload limits, any mode, transparency flattened on white). Pictures are upscaled in
 tiles (``UpscaleEngine.upscale_tiled``), and at most ``MAX_INPUT_PIXELS`` of them. ``panel()`` is the only UI
 code: one accordion per tab, added by one line in ``app.ui``.
@@ -57,7 +57,7 @@ def last_psnr(entry) -> str:
     run = entry.quality.run_dir
     if not run:
         return ""
-    from engines.runs import read_metrics
+    from engines.runs.folder import read_metrics
 
     try:
         evals = read_metrics(run).eval
@@ -89,7 +89,7 @@ def picture(value: Any, what: str) -> np.ndarray:
             a = arr[:, :, 3:].astype(np.uint16)
             arr = ((arr[:, :, :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
         return np.ascontiguousarray(arr)
-    from engines.data import DataError, read_picture
+    from engines.data.prepare import DataError, read_picture
 
     try:
         return read_picture(Path(str(value)), background="white", max_pixels=LIMITS.max_upload_pixels)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def shipped_dcgan() -> Path | None:
-    from engines.export import read_export_config
+    from engines.runs.export import read_export_config
 
     ck = ROOT / "checkpoints"
     if not ck.is_dir():
@@ -59,7 +59,7 @@ def shipped_dcgan() -> Path | None:
 
 def shipped_translation() -> Path | None:
     """The first translation export in checkpoints/ (a run's export/ included)."""
-    from engines.export import read_export_config
+    from engines.runs.export import read_export_config
 
     ck = ROOT / "checkpoints"
     if not ck.is_dir():
@@ -79,7 +79,7 @@ def shipped_translation() -> Path | None:
 def build_cyclegan(out: Path, seed: int = 0) -> Path:
     import torch
 
-    from engines.export import save_export
+    from engines.runs.export import save_export
     from engines.registry import get_engine
 
     torch.manual_seed(seed)
@@ -103,7 +103,7 @@ def test_picture(out: Path) -> Path:
 def build_dcgan(out: Path, seed: int = 0) -> Path:
     import torch
 
-    from engines.export import save_export
+    from engines.runs.export import save_export
     from engines.registry import get_engine
 
     torch.manual_seed(seed)
@@ -275,7 +275,7 @@ def main() -> None:
         # the model alone (no HTTP, gradio or PNG), in a worker thread like the server's handlers
         import torch
 
-        from engines.export import load_export
+        from engines.runs.export import load_export
         eng = load_export(exports[0])
         ms = []
 

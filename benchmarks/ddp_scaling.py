@@ -64,7 +64,7 @@ def worker(spec: dict) -> None:
         main = t.is_main
         run = t.fit()
         if main:
-            from engines.runs import read_metrics
+            from engines.runs.folder import read_metrics
 
             last = read_metrics(run).train[-1]
             print("RESULT " + json.dumps({"img_per_s": last["img_per_s"], "world": world,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from engines.config import TrainConfig  # noqa: E402
 from engines.eval_cadence import EvalCadence, replay  # noqa: E402
-from engines.runs import is_run_dir, read_info, read_metrics  # noqa: E402
+from engines.runs.folder import is_run_dir, read_info, read_metrics  # noqa: E402
 
 
 def eval_cost(evals: list[dict], n: int) -> tuple[float | None, str]:

@@ -3,7 +3,7 @@
     python benchmarks/fid_speed.py --n 2000 --real ../shared/datasets/pokemon/dreamworld-256
 
 Generated images come from a randomly initialised small DCGAN-like generator (fixed seed) at 128x128;
-the real set is prepared by engines.data (white background, 128 px). Routes, each in its own process:
+the real set is prepared by engines.data.prepare (white background, 128 px). Routes, each in its own process:
   ours, first      empty statistics cache: real features computed and cached, then FID+KID
   ours, repeated   the same process again (statistics in memory: the trainer's case)
   ours, new proc   a fresh process with the disk cache warm (`pokelab eval` run again)
@@ -62,7 +62,7 @@ def _peak_rss_mb() -> float:
 def child_ours(args) -> None:
     import warnings
 
-    from engines.data import load_dataset
+    from engines.data.prepare import load_dataset
     from engines.metrics import evaluate_generator
 
     warnings.simplefilter("ignore")
@@ -115,8 +115,8 @@ def time_extras(fake, real, device) -> dict:
 
 def child_write(args) -> None:
     """The generated images as PNGs (exactly the batches evaluate_generator sees), and the real set."""
-    from engines.data import load_dataset
-    from engines.images import to_pil_list
+    from engines.data.prepare import load_dataset
+    from engines.data.images import to_pil_list
     from engines.metrics.evaluate import _generated
 
     sample_fn = make_generator()
@@ -175,8 +175,8 @@ def main() -> None:
     env.setdefault("TORCH_HOME", str(ROOT.parent / "shared" / "torch-home"))
     me = [sys.executable, str(Path(__file__).resolve()), "--n", str(args.n), "--real", args.real,
           "--batch-size", str(args.batch_size), "--device", args.device] + ([] if args.extras else ["--no-extras"])
-    # prepare the real set once (engines.data's own cache), outside every timing
-    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from engines.data import "
+    # prepare the real set once (engines.data.prepare's own cache), outside every timing
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from engines.data.prepare import "
                     "load_dataset; load_dataset(sys.argv[2], size=128, progress=False)", str(ROOT), args.real],
                    check=True, env=env)
     with tempfile.TemporaryDirectory(prefix="fid-speed-") as tmp:

@@ -95,7 +95,7 @@ def run_trainer(engine: str, size: int, batch: int, steps: int, width: int | Non
     import tempfile
 
     from engines.registry import get_engine
-    from engines.runs import read_metrics
+    from engines.runs.folder import read_metrics
     from engines.trainer import Trainer
 
     cls = get_engine(engine)

@@ -35,7 +35,7 @@ def make_pictures(folder: Path, n: int, size: int) -> str:
     import numpy as np
     from PIL import Image
 
-    from engines.data import prepare_image
+    from engines.data.prepare import prepare_image
 
     folder.mkdir(parents=True, exist_ok=True)
     files = sorted(SHARED.glob("*.png"), key=lambda p: int(p.stem))[:n] if SHARED.is_dir() else []
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from engines.cli import main as pokelab
-    from engines.data import read_picture
-    from engines.export import load_export, save_export
-    from engines.images import png_bytes
+    from engines.data.prepare import read_picture
+    from engines.runs.export import load_export, save_export
+    from engines.data.images import png_bytes
     from engines.registry import get_engine
-    from engines.runs import atomic_write_bytes
+    from engines.runs.folder import atomic_write_bytes
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
 Kept light on purpose: importing ``engines`` does not import torch, so the studio
 (which must never pull in training code) can use small modules such as
-``engines.runs`` and ``engines.review``. The public API below is loaded lazily.
+``engines.runs.folder`` and ``engines.review``. The public API below is loaded lazily.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def __getattr__(name: str):
 
         return getattr(registry, name)
     if name in ("load_export", "save_export"):
-        from . import export
+        from .runs import export
 
         return getattr(export, name)
     raise AttributeError(name)

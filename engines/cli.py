@@ -65,7 +65,7 @@ def _train(args) -> int:
 
 
 def _load_training_data(cls, args, cfg):
-    from .data import load_dataset
+    from .data.prepare import load_dataset
 
     if cls.domains == 2:
         if not (args.source and args.target):
@@ -90,8 +90,8 @@ def _device(name: str):
 
 
 def _sample(args) -> int:
-    from .export import load_export
-    from .images import save_grid
+    from .runs.export import load_export
+    from .data.images import save_grid
 
     if not 1 <= args.n <= 4096:
         raise ValueError("--n must be between 1 and 4096")
@@ -122,8 +122,8 @@ def _sample(args) -> int:
 def _interpolate(args) -> int:
     import torch
 
-    from .export import load_export
-    from .images import save_gif, to_pil_list
+    from .runs.export import load_export
+    from .data.images import save_gif, to_pil_list
 
     if args.label_to and not args.label:
         raise ValueError("--label-to needs --label (the label the walk starts from)")
@@ -165,10 +165,10 @@ def _translate(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from .data import load_dataset
-    from .export import load_export
-    from .images import png_bytes, to_uint8
-    from .runs import atomic_write_bytes
+    from .data.prepare import load_dataset
+    from .runs.export import load_export
+    from .data.images import png_bytes, to_uint8
+    from .runs.folder import atomic_write_bytes
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
@@ -199,7 +199,7 @@ def _translate(args) -> int:
 
 
 def _gif(args) -> int:
-    from .timeline import write_timeline_gif
+    from .runs.timeline import write_timeline_gif
 
     out = write_timeline_gif(args.run, args.out, fps=args.fps, label=not args.no_label, max_size=args.max_size)
     print(f"wrote {out}")
@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_command(sub)
 
-    from .data import add_data_commands
-    from .fetch import add_fetch_command
+    from .data.prepare import add_data_commands
+    from .data.fetch import add_fetch_command
     from .logsinks import add_export_tb_command
 
     add_fetch_command(add_data_commands(sub))

@@ -9,10 +9,10 @@ def _collect() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, PermissionError, ValueError]
     for mod, names in (
         ("engines.registry", ["UnknownEngineError"]),
-        ("engines.runs", ["RunFormatError"]),
-        ("engines.export", ["ExportError"]),
+        ("engines.runs.folder", ["RunFormatError"]),
+        ("engines.runs.export", ["ExportError"]),
         ("engines.trainer", ["TrainingError"]),
-        ("engines.data", ["DataError"]),
+        ("engines.data.prepare", ["DataError"]),
         ("engines.metrics", ["MetricUnavailable"]),
     ):
         try:

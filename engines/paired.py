@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data import _printable, natural_key
+from .data.prepare import _printable, natural_key
 
 #: names listed in run.json per kind of unpaired picture (all of them go to log.txt)
 RECORD_NAMES = 1000
@@ -73,7 +73,7 @@ def split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[
 @dataclass
 class PairedSplit:
     """Where each pair sits in the two datasets, split into training and held-out pairs."""
-    source: Any                       # the source dataset (engines.data.PreparedDataset or alike)
+    source: Any                       # the source dataset (engines.data.prepare.PreparedDataset or alike)
     target: Any
     val_fraction: float
     split_seed: int

@@ -184,7 +184,7 @@ def _check_run(r: SweepRun, p: Path) -> None:
     """The run's settings as ``pokelab train`` would take them: engine known, trainer fields valid, engine keys
     known (the engine checks its values when the run starts)."""
     from .config import TrainConfig, apply_overrides
-    from .export import ExportError
+    from .runs.export import ExportError
     from .registry import get_engine
 
     s = r.settings
@@ -203,7 +203,7 @@ def _check_run(r: SweepRun, p: Path) -> None:
             ecfg["labels"] = {"vocabulary": ["_"]}
         if hasattr(cls, "stand_in_config"):  # more that the data decides (stackgan: its word vocabulary)
             ecfg = cls.stand_in_config(ecfg)
-        from .export import check_engine_size
+        from .runs.export import check_engine_size
 
         check_engine_size(cls, ecfg, int(cfg.image_size), training=True)  # values, on 'meta': no memory
     except ExportError as e:
@@ -228,7 +228,7 @@ class Planned:
 
 def existing_runs(runs_dir: str | os.PathLike, tag: str) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
     """Runs in ``runs_dir`` with this tag, by sweep key (unreadable run.json files are passed over)."""
-    from .runs import RunFormatError, find_runs, read_info
+    from .runs.folder import RunFormatError, find_runs, read_info
 
     out: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for d in find_runs([runs_dir], max_depth=1):
@@ -243,7 +243,7 @@ def existing_runs(runs_dir: str | os.PathLike, tag: str) -> dict[str, list[tuple
 
 
 def _locked(run_dir: Path) -> bool:
-    from .runs import RunLock, RunLockedError
+    from .runs.folder import RunLock, RunLockedError
 
     try:
         RunLock(run_dir).acquire().release()

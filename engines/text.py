@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .data import _printable
+from .data.prepare import _printable
 from .labels import (KEY_COLUMNS, REPORT_NAMES, LabelError, LabelTable, csv_header, match_rows, read_side_file,
                      split_values)
 

@@ -36,11 +36,11 @@ from .augment import build_augment
 from . import distributed
 from .config import TrainConfig, apply_resume_overrides, mark_explicit
 from .eval_cadence import EvalCadence, explicit_from_info, probe_eval_seconds
-from .export import save_export
-from .images import from_uint8, save_grid
+from .runs.export import save_export
+from .data.images import from_uint8, save_grid
 from .logsinks import LogSinks, check_available as check_sinks
 from .registry import get_engine
-from .runs import (RunFormatError, RunLock, RunWriter, atomic_write_bytes, check_info, check_run_files,
+from .runs.folder import (RunFormatError, RunLock, RunWriter, atomic_write_bytes, check_info, check_run_files,
                    checkpoint_path, clean_orphans, create_run_dir, export_dir, make_run_id, read_info, sample_path)
 
 CHECKPOINT_VERSION = 1
@@ -242,7 +242,7 @@ def _removal_options(rec: dict[str, Any] | None) -> dict[str, Any]:
 class Trainer:
     """``Trainer(engine_name, dataset, runs_dir, config).fit()`` or ``Trainer.resume(run_dir).fit()``.
 
-    ``dataset`` is a PreparedDataset (engines.data) or anything with ``images`` (uint8 NCHW), ``key``,
+    ``dataset`` is a PreparedDataset (engines.data.prepare) or anything with ``images`` (uint8 NCHW), ``key``,
     ``name``, ``source``; translation engines (domains == 2) take a pair ``(source_set, target_set)``.
     """
 
@@ -491,7 +491,7 @@ class Trainer:
                 cfg.engine = engine_cls.resolve_config(cfg.engine)
             except (ValueError, TypeError) as e:
                 raise RunFormatError(f"{where}: config.engine: {e}") from None
-            from .export import ExportError, check_engine_size
+            from .runs.export import ExportError, check_engine_size
 
             try:
                 check_engine_size(engine_cls, cfg.engine, cfg.image_size, training=True)
@@ -510,7 +510,7 @@ class Trainer:
             ds_infos = info["dataset"] if isinstance(info["dataset"], list) else [info["dataset"]]
             distributed.init(cfg.device, cfg.dist_backend)  # under torchrun: join the job (a no-op otherwise)
             if dataset is None:
-                from .data import load_dataset
+                from .data.prepare import load_dataset
 
                 with distributed.local_main_first():  # one process per machine prepares the dataset cache
                     dataset = [load_dataset(d["source"], size=d["size"],
@@ -561,7 +561,7 @@ class Trainer:
     @staticmethod
     def _logged_epochs(run_dir: Path) -> bool:
         """Whether metrics.jsonl has a training line (then the run got past epoch 0)."""
-        from .runs import read_metrics
+        from .runs.folder import read_metrics
 
         return bool(read_metrics(run_dir).train)
 

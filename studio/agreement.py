@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from engines import runs as R
+from engines.runs import folder as R
 from studio import data as D
 from studio import paths as PA
 from studio import review_stats as RS

@@ -2,7 +2,7 @@
 
 Three on-disk formats are read into one ``Run`` record (plain data, picklable, so Streamlit can cache it):
 
-- pokelab runs (``run.json`` + ``metrics.jsonl`` + ``samples/epoch_*.png``) through ``engines.runs``;
+- pokelab runs (``run.json`` + ``metrics.jsonl`` + ``samples/epoch_*.png``) through ``engines.runs.folder``;
   x axis: epochs.
 - stylegan2-ada-pytorch training folders (``stats.jsonl``, ``metric-*.jsonl``, ``fakesNNNNNN.png``,
   ``training_options.json``); x axis: kimg (thousands of real images shown to D).
@@ -30,7 +30,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from engines import runs as R
+from engines.runs import folder as R
 
 from .paths import is_inside
 

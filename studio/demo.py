@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from engines.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sample_path
+from engines.runs.folder import atomic_write_bytes, atomic_write_json, atomic_write_text, sample_path
 
 from .data import TRANSLATE_COLUMNS
 
@@ -73,7 +73,7 @@ def _progress(tile_img: np.ndarray, f: float, rng: np.random.Generator) -> np.nd
 
 
 def make_grid(tiles: list[np.ndarray], nrow: int | None = None, padding: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Same layout as engines.images.grid_array (not imported: it imports torch)."""
+    """Same layout as engines.data.images.grid_array (not imported: it imports torch)."""
     n = len(tiles)
     h, w = tiles[0].shape[:2]
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import correlate1d
 
-from engines.gif import gif_bytes, stamp_label
+from engines.runs.gif import gif_bytes, stamp_label
 
 from .data import GridLayout
 from .paths import read_bytes_inside

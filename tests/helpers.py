@@ -69,7 +69,7 @@ def labelled_set(root, types, n, columns=(), values=lambda i: (), extra_rows=())
     import numpy as np
     from PIL import Image
 
-    from engines.data import load_dataset
+    from engines.data.prepare import load_dataset
     from engines.labels import load_labels
 
     d = root / "pics"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engines.augment import build_augment
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.generate.aegan import AEGAN, _kl_to_standard_normal
 from engines.registry import get_engine
 from helpers import Killed, blobs, kill_at_step
@@ -266,7 +266,7 @@ def test_trainer_run_writes_recon_grids_and_resumes_bit_identically(tmp_path, ti
     from PIL import Image
 
     from engines.config import TrainConfig
-    from engines.runs import read_metrics
+    from engines.runs.folder import read_metrics
     from engines.trainer import Trainer
 
     def cfg():

@@ -9,7 +9,7 @@ import torch
 from app import gan
 from app.exports import ExportCatalog
 from app.inputs import AppInputError
-from engines.export import save_export
+from engines.runs.export import save_export
 from engines.generate.cgan import CGAN, ConditionalBatchNorm2d
 from engines.labels import LabelSpec
 from test_app_support import RunningApp, make_export, write_image_folder

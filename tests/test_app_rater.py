@@ -190,8 +190,8 @@ def _alpha_picture(path):
 @pytest.fixture
 def offline_rembg(monkeypatch, tmp_path):
     """No model file in rembg's folders, no network, and rembg must never be asked."""
-    pytest.importorskip("engines.background")
-    import engines.background as bgr
+    pytest.importorskip("engines.data.background")
+    import engines.data.background as bgr
 
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net-home"))
     monkeypatch.delenv("REMBG_HOME", raising=False)
@@ -217,7 +217,7 @@ def test_rembg_offline_fails_fast_with_one_line(offline_rembg):
 
 def test_a_model_file_in_rembgs_home_is_used(offline_rembg, monkeypatch):
     pytest.importorskip("rembg")
-    import engines.background as bgr
+    import engines.data.background as bgr
 
     offline_rembg.mkdir(parents=True)
     (offline_rembg / "u2netp.onnx").write_bytes(b"x" * 10)

@@ -30,7 +30,7 @@ def write_image_folder(folder: Path, n: int = 8, size: int = 32, seed: int = 0) 
 def make_export(out: Path, engine: str = "dcgan", size: int = 32, width: int = 8, seed: int = 0,
                 dataset_dir: Path | None = None, epochs: int = 3) -> Path:
     """A randomly initialised export (with a ``trained`` record naming ``dataset_dir``)."""
-    from engines.export import save_export
+    from engines.runs.export import save_export
     from engines.registry import get_engine
 
     torch.manual_seed(seed)

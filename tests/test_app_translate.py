@@ -22,8 +22,8 @@ from app.exports import ExportCatalog
 from app.inputs import AppInputError
 from app.review_book import ReviewBook, ReviewSource, TranslationGroup, TranslationSource, _fit
 from engines import review as review_db
-from engines.export import save_export
-from engines.images import heatmap_rgb, overlay_heatmap, to_uint8
+from engines.runs.export import save_export
+from engines.data.images import heatmap_rgb, overlay_heatmap, to_uint8
 from engines.registry import get_engine
 from test_app_support import RunningApp, make_export, write_image_folder
 
@@ -225,7 +225,7 @@ class FakeRembg:
 
 
 def test_background_removal_with_a_session(tmp_path, catalog, monkeypatch):
-    pytest.importorskip("engines.background")
+    pytest.importorskip("engines.data.background")
     grey = png_file(tmp_path / "grey.png", size=(40, 40), mode="RGB", bg=(128, 128, 128, 255))
     plain, bg = tr.prepare_upload(grey, 32, "white")
     assert tuple(plain[0, 0]) == (128, 128, 128) and bg == ""
@@ -237,7 +237,7 @@ def test_background_removal_with_a_session(tmp_path, catalog, monkeypatch):
     own, bg = tr.prepare_upload(png_file(tmp_path / "alpha.png"), 32, "white", rembg_session=fake)
     assert bg == "kept alpha" and fake.calls == 1 and (own[:5] == 255).all()
 
-    import engines.background as bgr
+    import engines.data.background as bgr
 
     monkeypatch.setattr(bgr, "make_session", lambda model, model_path=None: fake)
     home = tmp_path / "u2net-home"                    # the model file in rembg's folder: no download needed
@@ -255,10 +255,10 @@ def test_background_removal_with_a_session(tmp_path, catalog, monkeypatch):
 
 
 def test_background_removal_unavailable_is_a_message(monkeypatch):
-    import engines
+    import engines.data
 
-    monkeypatch.delattr(engines, "background", raising=False)
-    monkeypatch.setitem(sys.modules, "engines.background", None)   # as if the module were not there
+    monkeypatch.delattr(engines.data, "background", raising=False)
+    monkeypatch.setitem(sys.modules, "engines.data.background", None)   # as if the module were not there
     with pytest.raises(AppInputError, match="Background removal is not available on this server"):
         tr.rembg_session("u2net")
 

@@ -1,4 +1,4 @@
-"""engines.background + data prepare --remove-background, with a tiny U2Net-shaped ONNX model built here.
+"""engines.data.background + data prepare --remove-background, with a tiny U2Net-shaped ONNX model built here.
 
 The model is one 1x1 convolution over rembg's normalised input followed by a clip to [0, 1]: where the
 picture is bright (the subject) it says 1, where it is dark (the background) 0. rembg's u2net_custom session
@@ -22,9 +22,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("rembg")
 onnx = pytest.importorskip("onnx")
 
-from engines import background as bgr  # noqa: E402
-from engines import data  # noqa: E402
-from engines.data import DataError, load_dataset, prepare, prepare_image  # noqa: E402
+from engines.data import background as bgr  # noqa: E402
+from engines.data import prepare as data  # noqa: E402
+from engines.data.prepare import DataError, load_dataset, prepare, prepare_image  # noqa: E402
 
 W, H = 40, 24                        # a wide picture: padding is checked too
 SUBJECT = (14, 8, 26, 16)            # x0, y0, x1, y1 (exclusive) of the bright subject

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engines.export import load_export, save_export
-from engines.runs import list_samples, read_info, read_metrics
+from engines.runs.export import load_export, save_export
+from engines.runs.folder import list_samples, read_info, read_metrics
 from engines.translate import cartoongan as cg
 from engines.translate.cartoongan import CartoonGAN, canny_edges, edge_smooth, get_vgg_content
 

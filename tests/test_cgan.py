@@ -9,11 +9,11 @@ from PIL import Image
 
 from engines.cli import main
 from engines.config import TrainConfig
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.generate.cgan import CGAN, ConditionalBatchNorm2d, ProjectionDiscriminator, pool_labels
 from engines.labels import LabelSpec, UnknownLabelError
 from engines.registry import get_engine
-from engines.runs import read_info
+from engines.runs.folder import read_info
 from engines.trainer import Trainer
 from helpers import checkpoint_round_trip, labelled_set as write_labelled_set
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engines.config import TrainConfig
-from engines.runs import checkpoint_path, read_info, read_metrics
+from engines.runs.folder import checkpoint_path, read_info, read_metrics
 from engines.trainer import PROGRESS_SECONDS, Trainer
 from helpers import Killed, kill_at_step, on_nth_step
 
@@ -168,7 +168,7 @@ def test_an_epoch_interrupted_by_a_signal_logs_its_whole_training_time(tmp_path,
     """epoch_seconds of an epoch cut by SIGINT and finished after --resume counts both parts, so the summed
     epoch times (the studio's training-hours axis) equal run.json's wall_seconds."""
     from engines.config import TrainConfig
-    from engines.runs import read_info, read_metrics
+    from engines.runs.folder import read_info, read_metrics
     from engines.trainer import Trainer
     from helpers import on_nth_step
 

@@ -14,14 +14,14 @@ from safetensors.torch import load_file
 
 from engines.cli import main
 from engines.config import TrainConfig
-from engines.data import load_dataset
-from engines.export import load_export, save_export
+from engines.data.prepare import load_dataset
+from engines.runs.export import load_export, save_export
 from engines.generate.projected_gan import CondBatchNorm, FastGANGenerator, ProjectedGAN, UpBlock
 from engines.generate.stylegan2_ada import Discriminator, MappingNetwork, StyleGAN2ADA, normalize_2nd_moment
-from engines.images import to_uint8
+from engines.data.images import to_uint8
 from engines.labels import LabelError, LabelSpec, UnknownLabelError
 from engines.registry import get_engine
-from engines.runs import read_info
+from engines.runs.folder import read_info
 from engines.trainer import Trainer
 from helpers import checkpoint_round_trip, labelled_set as write_labelled_set
 

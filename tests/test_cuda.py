@@ -57,7 +57,7 @@ def test_trainer_run_on_cuda_records_its_precision(tmp_path):
     import types
 
     from engines.config import TrainConfig
-    from engines.runs import read_info
+    from engines.runs.folder import read_info
     from engines.trainer import Trainer
 
     imgs = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)

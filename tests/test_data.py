@@ -1,4 +1,4 @@
-"""engines.data: modes, padding, corrupt files, archives, content keys, cache, atomic writes, CLI."""
+"""engines.data.prepare: modes, padding, corrupt files, archives, content keys, cache, atomic writes, CLI."""
 from __future__ import annotations
 
 import argparse
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engines import data
-from engines.data import DataError, PreparedDataset, add_data_commands, load_dataset, prepare, prepare_image
+from engines.data import prepare as data
+from engines.data.prepare import DataError, PreparedDataset, add_data_commands, load_dataset, prepare, prepare_image
 
 
 # ---- helpers -------------------------------------------------------------------------------------

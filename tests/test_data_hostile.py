@@ -1,4 +1,4 @@
-"""engines.data against hostile files: FIFOs and devices, unsafe archive names, links, short PNG streams,
+"""engines.data.prepare against hostile files: FIFOs and devices, unsafe archive names, links, short PNG streams,
 pixel budgets and control characters in names (docs/data.md, "Hostile files"). Every test is small and
 guarded by a timeout: a regression must fail, never hang."""
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from engines import data
-from engines.data import DataError, add_data_commands, format_report, load_dataset, prepare
+from engines.data import prepare as data
+from engines.data.prepare import DataError, add_data_commands, format_report, load_dataset, prepare
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="needs POSIX FIFOs / symlinks / SIGALRM")
 

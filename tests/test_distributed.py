@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from engines.config import TrainConfig
-from engines.runs import checkpoint_path, read_info, read_metrics
+from engines.runs.folder import checkpoint_path, read_info, read_metrics
 from engines.trainer import Trainer, TrainingError, check_batch_split, epoch_indices
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from engines import trainer as trainer_mod
 from engines.config import TrainConfig, apply_overrides
 from engines.eval_cadence import SMOKE_EVAL_N, EvalCadence, explicit_from_info, replay
 from engines.generate.dcgan import DCGAN
-from engines.runs import read_info, read_metrics
+from engines.runs.folder import read_info, read_metrics
 from engines.trainer import Trainer
 
 TINY = {"g_width": 8, "d_width": 8, "z_dim": 16}

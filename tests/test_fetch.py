@@ -1,4 +1,4 @@
-"""engines.fetch against a local HTTP server on 127.0.0.1 (never the internet)."""
+"""engines.data.fetch against a local HTTP server on 127.0.0.1 (never the internet)."""
 from __future__ import annotations
 
 import io
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines import fetch
+from engines.data import fetch
 from engines.cli import build_parser
-from engines.data import DataError
-from engines.fetch import fetch_images, parse_ids
+from engines.data.prepare import DataError
+from engines.data.fetch import fetch_images, parse_ids
 
 
 def tiny_png(seed: int) -> bytes:
@@ -182,7 +182,7 @@ def test_cli_fetch_exit_codes_and_summary(tmp_path, server, capsys):
 
 
 def test_fetched_folder_prepares(tmp_path, server):
-    from engines.data import prepare
+    from engines.data.prepare import prepare
 
     fetch_quick(tmp_path / "pk", "1-3", server)
     ds = prepare(tmp_path / "pk", size=8, progress=False)
@@ -199,7 +199,7 @@ def test_a_png_whose_image_data_ends_early_is_not_valid(tmp_path):
     fetch must not keep such a download."""
     from PIL import Image
 
-    from engines.fetch import is_valid_image
+    from engines.data.fetch import is_valid_image
     from test_data_hostile import png_bytes, short_png
 
     raw, a = short_png()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engines.config import TrainConfig
-from engines.runs import (RunFormatError, RunWriter, checkpoint_path, read_info, read_jsonl, read_metrics)
+from engines.runs.folder import (RunFormatError, RunWriter, checkpoint_path, read_info, read_jsonl, read_metrics)
 from engines.trainer import Trainer, TrainingError
 from helpers import Killed, kill_at_step, on_nth_step
 
@@ -198,7 +198,7 @@ def test_a_second_resume_of_the_same_run_is_refused_with_the_holders_pid(run, ti
 
 
 def test_the_lock_names_another_process(run, tiny_dataset):
-    code = ("import sys, time; from engines.runs import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from engines.runs.folder import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -212,7 +212,7 @@ def test_the_lock_names_another_process(run, tiny_dataset):
 
 
 def test_the_lock_is_released_on_every_way_out(tmp_path, tiny_dataset):
-    from engines.runs import RunLock
+    from engines.runs.folder import RunLock
 
     def free(d):
         with RunLock(d):
@@ -329,7 +329,7 @@ def _export_config(run):
     ({"engine_config": "wide"}, r"'engine_config' must be an object"),
 ])
 def test_an_export_config_asking_for_too_much_is_refused_before_allocating(run, change, match):
-    from engines.export import ExportError, load_export
+    from engines.runs.export import ExportError, load_export
 
     cfg_ = _export_config(run)
     for k, v in change.items():
@@ -345,7 +345,7 @@ def test_an_export_config_asking_for_too_much_is_refused_before_allocating(run, 
 
 
 def test_a_sound_export_still_loads(run):
-    from engines.export import check_engine_size, load_export
+    from engines.runs.export import check_engine_size, load_export
     from engines.generate.dcgan import DCGAN
 
     eng = load_export(run)
@@ -419,7 +419,7 @@ def test_a_run_that_trained_but_lost_its_checkpoint_is_not_restarted(run, tiny_d
 def test_the_cli_says_what_is_wrong_without_a_traceback(run, capsys):
     """`pokelab train --resume` on a locked run and on a run.json whose config is text: one line, exit 2."""
     from engines.cli import main
-    from engines.runs import RunLock
+    from engines.runs.folder import RunLock
 
     with RunLock(run):
         assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from engines.cli import main
-from engines.data import load_dataset
+from engines.data.prepare import load_dataset
 from engines.labels import (LabelError, LabelSpec, UnknownLabelError, load_labels, read_labels,
                             reattach, split_values)
 

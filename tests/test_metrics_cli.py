@@ -100,7 +100,7 @@ def test_eval_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_eval_cli_on_an_export(tmp_path, capsys):
-    from engines.export import save_export
+    from engines.runs.export import save_export
     from engines.registry import get_engine
 
     torch.manual_seed(0)
@@ -143,11 +143,11 @@ def test_eval_log_appends_an_evaluation_to_a_stopped_run(tmp_path, capsys):
     import types
 
     from engines.config import TrainConfig
-    from engines.runs import RunWriter, read_info, read_metrics
+    from engines.runs.folder import RunWriter, read_info, read_metrics
     from engines.trainer import Trainer
 
     real = _write_pokemon(tmp_path / "real", range(1, 17), 32)
-    from engines.data import load_dataset
+    from engines.data.prepare import load_dataset
 
     ds = load_dataset(real, size=32, progress=False)
     cfg = TrainConfig(image_size=32, batch_size=8, epochs=1, sample_every=1, eval_every=0, grid_n=4,
@@ -171,7 +171,7 @@ def test_eval_of_a_run_measures_what_the_trainer_measured(tmp_path, capsys):
     """`pokelab eval RUN` on a run trained on black backgrounds with its own seed reproduces the trainer's last
     logged FID/KID: the recorded background, the trainer's evaluation seed, the run's device, its final export."""
     from engines.cli import main
-    from engines.runs import read_info, read_metrics
+    from engines.runs.folder import read_info, read_metrics
 
     real = _write_pokemon(tmp_path / "real", range(1, 17), 32, mode="RGBA")  # transparent: the background matters
     argv = ["train", "dcgan", "--data", str(real), "--runs", str(tmp_path / "runs"), "--image-size", "32",

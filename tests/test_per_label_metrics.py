@@ -15,13 +15,13 @@ from PIL import Image
 from engines.base import Engine
 from engines.cli import main
 from engines.config import TrainConfig
-from engines.data import load_dataset
+from engines.data.prepare import load_dataset
 from engines.labels import ConditionalEngine, LabelSpec, load_labels
 from engines.metrics import evaluate as ev
 from engines.metrics import fid as fm
 from engines.metrics.per_label import (PerLabelOptions, conditional_sample_fn, eval_labels, evaluate_conditional,
                                        label_consistency, per_label_scores, per_label_text, split_result)
-from engines.runs import read_metrics
+from engines.runs.folder import read_metrics
 from engines.trainer import Trainer
 
 SPEC = LabelSpec(("A", "B", "C"), "label", (("A", 40), ("B", 40), ("C", 40)))

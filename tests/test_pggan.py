@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from engines.augment import build_augment
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.generate.pggan import (PGGAN, Discriminator, EqualizedConv2d, EqualizedLinear, Generator, MinibatchStd,
                                     d_wgan_loss, downsample_reals, gradient_penalty, growth_phase, pixel_norm)
 from engines.registry import get_engine
@@ -356,7 +356,7 @@ def test_bad_settings_get_clear_errors():
 
 def test_trainer_run_passes_a_phase_change(tmp_path):
     from engines.config import TrainConfig
-    from engines.runs import read_info, read_metrics
+    from engines.runs.folder import read_info, read_metrics
     from engines.trainer import Trainer
 
     imgs = ((real_batch(16, 16) + 1) * 127.5).round().to(torch.uint8)

@@ -11,10 +11,10 @@ from PIL import Image
 
 from engines.cli import main as cli
 from engines.config import TrainConfig
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.paired import PairedSplit, PairingError, held_out_subset, picture_id, split_ids
 from engines.registry import get_engine
-from engines.runs import list_samples, read_info, read_metrics
+from engines.runs.folder import list_samples, read_info, read_metrics
 from engines.trainer import Trainer, TrainingError
 from engines.translate.pix2pix import (Pix2Pix, UnetGenerator, auto_n_down, dropout_stages, patch_map_side,
                                        receptive_field)
@@ -376,7 +376,7 @@ def test_eval_paired_table_on_a_tiny_run(tmp_path, capsys):
         assert rows["do nothing (input)"][k] == pytest.approx(ev[k + "_input" if k != "fid" else "fid_input"],
                                                               rel=1e-5, abs=1e-6), k
     # do nothing, by hand: the held-out sprites against their artworks at 32 px
-    from engines.data import load_dataset
+    from engines.data.prepare import load_dataset
 
     val = read_info(run)["pairing"]["val_ids"]
     a = held_out_subset(load_dataset(sprites, size=32, progress=False), read_info(run)["pairing"])

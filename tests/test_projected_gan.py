@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engines.augment import build_augment
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.generate.projected_gan import FastGANGenerator, ProjectedGAN, hinge_d_loss, hinge_g_loss
 from engines.projected import FeatureNetworkError, efficientnet_lite0_features
 from engines.projected import efficientnet_lite as enl
@@ -221,7 +221,7 @@ def test_bad_settings():
 
 def test_trainer_records_the_feature_network(tmp_path):
     from engines.config import TrainConfig
-    from engines.runs import read_info, read_metrics
+    from engines.runs.folder import read_info, read_metrics
     from engines.trainer import Trainer
 
     imgs = ((real_batch(16) + 1) * 127.5).round().to(torch.uint8)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from engines.runs import (RunFormatError, RunWriter, atomic_write_json, find_runs, list_samples, make_run_id,
+from engines.runs.folder import (RunFormatError, RunWriter, atomic_write_json, find_runs, list_samples, make_run_id,
                           read_info, read_metrics)
 
 

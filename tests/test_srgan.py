@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engines.config import TrainConfig
-from engines.export import load_export, read_export_config, save_export
+from engines.runs.export import load_export, read_export_config, save_export
 from engines.metrics.superres import evaluate_upscaling, psnr, psnr_y, rgb_to_y, shave, ssim_y
 from engines.registry import get_engine
-from engines.runs import checkpoint_path, read_info, read_metrics
+from engines.runs.folder import checkpoint_path, read_info, read_metrics
 from engines.trainer import Trainer
 from engines.upscale.srgan import SRGAN, ResidualBlock, SRDiscriminator, SRResNet
 from engines.vgg import VGG16_FILE, VGGUnavailable, get_vgg_features
@@ -399,7 +399,7 @@ def run_cfg(**kw):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, vgg22):
     """A finished 4-epoch run on a folder of 20 pictures (the recorded source `pokelab eval` reads again)."""
-    from engines.data import load_dataset
+    from engines.data.prepare import load_dataset
 
     root = tmp_path_factory.mktemp("sr-runs")
     (root / "pics").mkdir()
@@ -527,8 +527,8 @@ def test_pokelab_upscale_a_folder_with_bad_files(tmp_path, sr_export, capsys):
 
 
 def _flat(path):
-    """A picture as `pokelab upscale` reads it: transparency flattened on white (engines.data.read_picture)."""
-    from engines.data import read_picture
+    """A picture as `pokelab upscale` reads it: transparency flattened on white (engines.data.prepare.read_picture)."""
+    from engines.data.prepare import read_picture
 
     return torch.from_numpy(read_picture(path)).permute(2, 0, 1)[None]
 

@@ -13,12 +13,12 @@ from PIL import Image
 
 from engines.cli import main
 from engines.config import TrainConfig
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.generate.stackgan import (CondAugment, StackGAN, Stage2Generator, discriminator_loss, generator_loss,
                                        kl_loss)
 from engines.labels import LabelSpec
 from engines.registry import get_engine
-from engines.runs import checkpoint_path, read_info, read_metrics
+from engines.runs.folder import checkpoint_path, read_info, read_metrics
 from engines.text import (CaptionError, UnknownWordsError, WordEncoder, WordVocabulary, compose_caption,
                           read_caption_table, words)
 from engines.trainer import Trainer
@@ -76,7 +76,7 @@ def test_registry_defaults_and_paper_parts():
     with pytest.raises(ValueError, match="builds its word vocabulary from the captions"):
         StackGAN({**TINY}, 16)
     # pokelab sweep checks the settings before any data is read: stand-ins for what the data decides
-    from engines.export import check_engine_size
+    from engines.runs.export import check_engine_size
 
     assert check_engine_size(StackGAN, StackGAN.stand_in_config({**TINY}), 32, training=True) > 0
 

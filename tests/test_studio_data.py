@@ -421,7 +421,7 @@ def test_studio_never_imports_torch():
     import sys
 
     code = ("import sys, studio.data, studio.grids, studio.plots, studio.review_stats, studio.paths, studio.demo; "
-            "bad = [m for m in ('torch', 'engines.base', 'engines.trainer', 'engines.images') if m in sys.modules]; "
+            "bad = [m for m in ('torch', 'engines.base', 'engines.trainer', 'engines.data.images') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], cwd=str(Path(__file__).resolve().parents[1]),
                          capture_output=True, text=True, timeout=120)

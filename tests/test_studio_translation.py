@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.runs import RunWriter, sample_path
+from engines.runs.folder import RunWriter, sample_path
 from studio import data as D
 from studio import grids as G
 from studio import plots as P
@@ -477,7 +477,7 @@ def test_studio_reads_what_the_translation_engines_write(tmp_path):
     import types
 
     from engines.config import TrainConfig
-    from engines.images import save_grid
+    from engines.data.images import save_grid
     from engines.registry import get_engine
     from engines.trainer import Trainer
 

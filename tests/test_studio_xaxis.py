@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.runs import RunWriter
+from engines.runs.folder import RunWriter
 from studio import data as D
 from studio import plots as P
 from studio.demo import write_lightweight_run, write_stylegan_run

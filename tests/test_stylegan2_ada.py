@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engines.augment import build_augment
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.generate.stylegan2_ada import FIR, Generator, MinibatchStd, ModulatedConv, StyleGAN2ADA
 from engines.registry import get_engine
 from helpers import checkpoint_round_trip
@@ -279,7 +279,7 @@ def test_trainer_runs_stylegan2_ada_with_ada(tmp_path, tiny_dataset):
     """End to end through the generic trainer: ADA is the default augmentation (the run config's default
     augment_options, DiffAugment's policy, must not break it), its p is logged, the export samples."""
     from engines.config import TrainConfig
-    from engines.runs import read_info, read_metrics
+    from engines.runs.folder import read_info, read_metrics
     from engines.trainer import Trainer
 
     cfg = TrainConfig(image_size=32, batch_size=8, epochs=2, sample_every=2, eval_every=0, grid_n=4,

@@ -10,11 +10,11 @@ from PIL import Image
 from torch import nn
 
 from engines.cli import main
-from engines.export import load_export
+from engines.runs.export import load_export
 from engines.generate.cgan import CGAN, ConditionalBatchNorm2d
 from engines.generate.dcgan import DCGAN, d_accuracy, d_loss, g_loss
 from engines.labels import LabelSpec
-from engines.runs import RunWriter, read_info, read_metrics
+from engines.runs.folder import RunWriter, read_info, read_metrics
 from engines.sweep import SweepError, load_sweep, plan, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from PIL import Image
 from engines import logsinks
 from engines.cli import main as cli
 from engines.config import TrainConfig, apply_overrides
-from engines.runs import read_metrics
+from engines.runs.folder import read_metrics
 from engines.trainer import Trainer
 from helpers import Killed, kill_at_step, on_nth_step
 from test_distributed import data, ok, only_run, torchrun, train_args  # noqa: F401 (data: a fixture)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engines.config import TrainConfig, apply_overrides
-from engines.export import load_export
-from engines.runs import checkpoint_path, list_samples, read_info, read_metrics
+from engines.runs.export import load_export
+from engines.runs.folder import checkpoint_path, list_samples, read_info, read_metrics
 from engines.trainer import Trainer, TrainingError, epoch_indices
 from helpers import Killed, kill_at_step, on_nth_step
 

@@ -10,9 +10,9 @@ import torch
 
 from engines.cli import main as cli
 from engines.config import TrainConfig
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.registry import get_engine
-from engines.runs import checkpoint_path, list_samples, read_info, read_metrics
+from engines.runs.folder import checkpoint_path, list_samples, read_info, read_metrics
 from engines.trainer import Trainer
 from engines.translate.base import ImagePool, TranslationEngine, crop_margin, random_hflip, random_resized_crop
 from engines.translate.cyclegan import PatchDiscriminator, ResnetGenerator
@@ -320,11 +320,11 @@ def test_cli_translate_writes_one_png_per_picture(tmp_path, capsys):
                 "--device", "cpu"]) == 0
     assert "translated 2 picture(s) AB" in capsys.readouterr().out
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["sub/rgba.png", "wide.png"]
-    from engines.data import prepare_image
+    from engines.data.prepare import prepare_image
 
     want = e.translate(torch.from_numpy(np.array(prepare_image(pics / "wide.jpg", size=32))).permute(2, 0, 1)[None])
     got = torch.from_numpy(np.array(Image.open(out / "wide.png"))).permute(2, 0, 1)[None]
-    from engines.images import to_uint8
+    from engines.data.images import to_uint8
 
     # batched with the other picture in the CLI, alone here: the same up to float rounding in the convolutions
     assert (got.int() - to_uint8(want).int()).abs().max() <= 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engines.export import load_export, save_export
+from engines.runs.export import load_export, save_export
 from engines.registry import get_engine
 from engines.translate.ugatit import (LIN, UGATIT, AdaLIN, UGATITDiscriminator, UGATITGenerator,
                                       discriminator_depths)
@@ -254,7 +254,7 @@ def test_trainer_end_to_end_writes_grids_and_resumes(tmp_path, tiny_dataset):
     from PIL import Image
 
     from engines.config import TrainConfig
-    from engines.runs import checkpoint_path, list_samples, read_info, read_metrics
+    from engines.runs.folder import checkpoint_path, list_samples, read_info, read_metrics
     from engines.trainer import Trainer
 
     g = torch.Generator().manual_seed(1)

@@ -80,8 +80,8 @@ def _device(name: str):
 
 
 def _is_model(path: Path) -> bool:
-    from ..export import CONFIG
-    from ..runs import is_run_dir
+    from ..runs.export import CONFIG
+    from ..runs.folder import is_run_dir
 
     return is_run_dir(path) or (path / CONFIG).is_file()
 
@@ -112,7 +112,7 @@ def _removal_options(rec: dict | None) -> dict:
 def _training_facts(target: Path, export_cfg: dict | None) -> dict:
     """What the trainer's evaluation used, from run.json (a run) or the export's training facts: the dataset
     records (the target set last), the evaluation seed, the device and precision, the export's epoch."""
-    from ..runs import is_run_dir, read_info
+    from ..runs.folder import is_run_dir, read_info
 
     trained = (export_cfg or {}).get("trained") or {}
     facts: dict = {"datasets": [r for r in (trained.get("source_dataset"), trained.get("dataset")) if r],
@@ -179,7 +179,7 @@ def run_eval(args) -> int:
     is_model = target.is_dir() and _is_model(target)
     export_cfg = None
     if is_model:
-        from ..export import read_export_config
+        from ..runs.export import read_export_config
 
         export_cfg = read_export_config(target)
     translating = bool(export_cfg) and export_cfg.get("kind") == "translate"
@@ -195,7 +195,7 @@ def run_eval(args) -> int:
     if args.source and not translating:
         raise ValueError("--source is for translation runs and exports (the pictures to translate)")
     if args.log:
-        from ..runs import is_run_dir, read_info
+        from ..runs.folder import is_run_dir, read_info
 
         if not (is_model and is_run_dir(target)):
             raise ValueError("--log needs a run folder as TARGET (its metrics.jsonl gets the evaluation)")
@@ -225,8 +225,8 @@ def run_eval(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if is_model:
-            from ..data import load_dataset
-            from ..export import load_export
+            from ..data.prepare import load_dataset
+            from ..runs.export import load_export
 
             engine = load_export(target, device=device)
             _match_training_precision(engine, facts, device)
@@ -331,7 +331,7 @@ def _with_labels(real, rec: dict | None):
 
 def _log_to_run(run_dir: Path, res: dict, seed: int, facts: dict, notes: list[str]) -> None:
     """One "eval" line at the epoch/step of the export it measured, marked as coming from ``pokelab eval``."""
-    from ..runs import RunWriter, read_info
+    from ..runs.folder import RunWriter, read_info
 
     info = read_info(run_dir)
     epoch = facts.get("export_epoch") if facts.get("export_epoch") is not None else info.get("epoch")

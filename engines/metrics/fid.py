@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..runs import atomic_write_bytes
+from ..runs.folder import atomic_write_bytes
 from .inception import FEATURE_DIM, PREPROCESS_VERSION, inception_features, resolve_device
 
 
@@ -166,7 +166,7 @@ _MEM_ENTRIES = 4
 
 def stats_cache_dir() -> Path:
     """``fid-stats/`` in the project cache ($POKELAB_CACHE, default ~/.cache/pokelab); read at call time."""
-    from ..data import default_cache_dir
+    from ..data.prepare import default_cache_dir
 
     return default_cache_dir() / "fid-stats"
 

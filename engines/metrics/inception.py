@@ -66,7 +66,7 @@ def as_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"expected images as an NCHW tensor, got shape {tuple(x.shape)}")
     if x.dtype != torch.uint8:
-        from ..images import to_uint8
+        from ..data.images import to_uint8
 
         x = to_uint8(x)
     c = x.shape[1]

@@ -170,10 +170,10 @@ def log_values(results: dict[str, dict[str, float]], engine_name: str) -> dict[s
 
 
 def run_eval_paired(args) -> int:
-    from ..data import load_dataset
-    from ..export import load_export, read_export_config
+    from ..data.prepare import load_dataset
+    from ..runs.export import load_export, read_export_config
     from ..paired import held_out_subset
-    from ..runs import RunWriter, is_run_dir, read_info
+    from ..runs.folder import RunWriter, is_run_dir, read_info
 
     run = Path(args.run)
     if not run.exists():

@@ -45,7 +45,7 @@ def get_lpips(device=None) -> torch.nn.Module:
 def _to_pm1(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
     x = x.to(dev)
     if x.dtype == torch.uint8:
-        from ..images import from_uint8
+        from ..data.images import from_uint8
 
         x = from_uint8(x)
     if x.shape[1] == 1:

@@ -1,5 +1,5 @@
 """Where evaluation images come from: folders of image files (read like the pytorch-fid CLI), prepared
-datasets (engines.data), uint8 tensors; plus resizing a real set to the generator's resolution."""
+datasets (engines.data.prepare), uint8 tensors; plus resizing a real set to the generator's resolution."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +17,7 @@ from PIL import Image
 
 @dataclass
 class ImageSet:
-    """A set of images in memory, duck-compatible with engines.data.PreparedDataset for the metrics."""
+    """A set of images in memory, duck-compatible with engines.data.prepare.PreparedDataset for the metrics."""
     images: torch.Tensor                 # uint8 [N, 3, H, W]
     key: str                             # content hash of the pixels
     name: str
@@ -39,17 +39,17 @@ def content_key(images: torch.Tensor) -> str:
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside ``folder`` (not recursive, like the pytorch-fid CLI), in natural order."""
-    from ..data import IMAGE_EXTENSIONS, natural_key
+    from ..data.prepare import IMAGE_EXTENSIONS, natural_key
 
     files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _decode(path: Path, background: str) -> np.ndarray:
-    """One file at its own resolution, decoded by engines.data (so EXIF rotation, 16-bit, palette and
+    """One file at its own resolution, decoded by engines.data.prepare (so EXIF rotation, 16-bit, palette and
     decompression-bomb handling are the dataset pipeline's): opaque pixels are exactly what pytorch-fid
     reads, transparency is flattened on ``background``, a non-square image is padded to a square."""
-    from ..data import MAX_SIZE, prepare_image
+    from ..data.prepare import MAX_SIZE, prepare_image
 
     with Image.open(path) as im:
         side = max(im.size)
@@ -60,7 +60,7 @@ def load_image_folder(folder: str | os.PathLike, size: tuple[int, int] | None = 
                       min_images: int = 2) -> ImageSet:
     """All images directly inside ``folder`` as uint8 RGB (see ``_decode``). Unreadable files are skipped
     with a warning; images of another size than ``size`` (default: the most common size) are resized."""
-    from ..data import DataError
+    from ..data.prepare import DataError
 
     folder = Path(folder)
     if not folder.exists():
@@ -102,8 +102,8 @@ def is_image_folder(path: str | os.PathLike) -> bool:
 
 def load_real(path: str | os.PathLike, size: int | None = None, background: str = "white"):
     """REAL given on the command line: a plain folder of image files is read as it is (like pytorch-fid);
-    a prepared dataset, a zip/tar or nested folders go through engines.data.load_dataset at ``size``."""
-    from ..data import is_prepared, load_dataset
+    a prepared dataset, a zip/tar or nested folders go through engines.data.prepare.load_dataset at ``size``."""
+    from ..data.prepare import is_prepared, load_dataset
 
     if is_image_folder(path) and not is_prepared(path):
         return load_image_folder(path, background=background)  # native size; the evaluation resizes it

@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..images import from_uint8, to_uint8
+from ..data.images import from_uint8, to_uint8
 from .evaluate import parse_metric_names
 from .inception import resolve_device
 from .msssim import ssim

@@ -29,7 +29,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..images import from_uint8
+from ..data.images import from_uint8
 from .evaluate import EvalOptions, _evaluate, parse_metric_names
 from .inception import as_uint8_rgb, resolve_device
 from .sources import as_image_set, resize_uint8

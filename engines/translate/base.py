@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import Engine
-from ..images import from_uint8, heatmap_rgb, overlay_heatmap, to_uint8
+from ..data.images import from_uint8, heatmap_rgb, overlay_heatmap, to_uint8
 from ..losses import lsgan_loss  # noqa: F401 - the translation engines import it from here
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Engine
-from ..images import from_uint8, to_uint8
+from ..data.images import from_uint8, to_uint8
 
 #: LR pixels per tile side in ``upscale_tiled`` (plus the receptive-field overlap on each side): bounds the
 #: generator's activations (~240 MB a feature map at x4 with 64 channels) whatever the picture's size

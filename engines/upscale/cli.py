@@ -1,6 +1,6 @@
 """``pokelab upscale EXPORT_OR_RUN PICTURES... --out DIR``: enlarge pictures of any size with an upscaling export.
 
-Pictures are found and read as the data layer does it (``engines.data.find_pictures`` / ``read_picture``: folders
+Pictures are found and read as the data layer does it (``engines.data.prepare.find_pictures`` / ``read_picture``: folders
 walked recursively, hidden files ignored, links to regular files followed, broken links, links to folders, special
 files, oversized, corrupt, truncated and non-image files skipped with the reason, transparency flattened on
 ``--background``), upscaled in tiles (``UpscaleEngine.upscale_tiled``: bounded memory whatever the size) and
@@ -50,10 +50,10 @@ def run_upscale(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..data import DataError, _printable, find_pictures, read_picture
-    from ..export import load_export
-    from ..images import png_bytes
-    from ..runs import atomic_write_bytes
+    from ..data.prepare import DataError, _printable, find_pictures, read_picture
+    from ..runs.export import load_export
+    from ..data.images import png_bytes
+    from ..runs.folder import atomic_write_bytes
     from ..trainer import pick_device
 
     if args.tile < 0:

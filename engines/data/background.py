@@ -2,7 +2,7 @@
 
 ``make_session(model)`` gives a cached rembg session (a named rembg model, or a local U2Net-style ONNX file
 with ``model_path``); ``remove_background(image, session)`` returns the picture as RGBA with the subject's
-mask as alpha. ``engines.data.prepare(..., remove_background=True)`` runs it on a whole set, before
+mask as alpha. ``engines.data.prepare.prepare(..., remove_background=True)`` runs it on a whole set, before
 transparency is flattened, so the subject ends up on the chosen background colour.
 
 A picture that already has meaningful transparency (any pixel with alpha < 255, palette transparency
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .hashing import file_sha256
+from ..hashing import file_sha256
 
 DEFAULT_MODEL = "u2net"
 CUSTOM_MODEL = "u2net_custom"   # how rembg runs a U2Net-style ONNX file given by path
@@ -43,7 +43,7 @@ _NOT_BY_NAME = {
 # One rembg prediction at a time, process-wide. onnxruntime already spreads one run over all cores, so
 # running several at once only oversubscribes the CPU and multiplies activation memory; and rembg does
 # not promise that its session objects may be used from several threads. Image decoding in the other
-# threads of engines.data keeps going while one picture is in the model.
+# threads of engines.data.prepare keeps going while one picture is in the model.
 _PREDICT_LOCK = threading.Lock()
 
 
@@ -204,7 +204,7 @@ def cutout_alpha(rgb: np.ndarray, alpha: np.ndarray | None, session) -> tuple[np
 def remove_background(image: Image.Image, session) -> Image.Image:
     """A PIL picture -> RGBA: its own alpha if it has meaningful alpha (rembg is not called), otherwise its
     colours with rembg's subject mask as alpha. Colours are never premultiplied, so flattening the result
-    later (engines.data) blends each edge pixel exactly once."""
+    later (engines.data.prepare) blends each edge pixel exactly once."""
     if image_has_alpha(image):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.uint8)
         rgb, alpha = rgba[:, :, :3], rgba[:, :, 3]

@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import __version__
-from .registry import get_engine
-from .runs import atomic_write_bytes, atomic_write_json, export_dir, is_run_dir
+from .. import __version__
+from ..registry import get_engine
+from .folder import atomic_write_bytes, atomic_write_json, export_dir, is_run_dir
 
 EXPORT_FORMAT = "pokelab-export"
 WEIGHTS = "model.safetensors"

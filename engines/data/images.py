@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .gif import gif_bytes
-from .runs import atomic_write_bytes
+from ..runs.gif import gif_bytes
+from ..runs.folder import atomic_write_bytes
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def to_pil_list(images: torch.Tensor) -> list[Image.Image]:
 
 def save_gif(frames: list[Image.Image] | list[np.ndarray], path: str | os.PathLike, fps: float = 8.0,
              loop: int = 0, boomerang: bool = False, hold_last: float = 0.0) -> Path:
-    """``engines.gif.gif_bytes`` written atomically."""
+    """``engines.runs.gif.gif_bytes`` written atomically."""
     path = Path(path)
     atomic_write_bytes(path, gif_bytes(frames, fps=fps, loop=loop, boomerang=boomerang, hold_last=hold_last))
     return path

@@ -5,7 +5,7 @@ read (with a reason), flattens transparency on a background, pads the art to a s
 resizes with Lanczos and stores the result as ``OUT/images.npy`` (uint8 [N, 3, S, S]) + ``OUT/dataset.json``.
 ``load_dataset(path)`` takes a prepared folder or a raw source; raw sources are prepared into a cache
 keyed by a content hash, so the second load only hashes bytes and never decodes an image again.
-With ``remove_background=True`` rembg (engines.background) cuts each subject out before flattening.
+With ``remove_background=True`` rembg (engines.data.background) cuts each subject out before flattening.
 
 Nothing here unpickles: the metadata is JSON and the pixels are read with ``allow_pickle=False``.
 torch is imported lazily so that building the CLI parser stays fast.
@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from . import background as bgremoval
-from .runs import atomic_write_json, atomic_writer
+from ..runs.folder import atomic_write_json, atomic_writer
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -548,7 +548,7 @@ def prepare_image(image: "Image.Image | bytes | str | os.PathLike", size: int = 
                   background: str = "white", max_pixels: int = DEFAULT_MAX_PIXELS, *,
                   rembg_session: Any = None) -> np.ndarray:
     """One image (PIL image, encoded bytes or a path) -> S x S x 3 uint8, exactly as ``prepare`` does it.
-    For the app (a user's upload) and tests. ``rembg_session`` (from ``engines.background.make_session``)
+    For the app (a user's upload) and tests. ``rembg_session`` (from ``engines.data.background.make_session``)
     removes the background first, as ``prepare(..., remove_background=True)`` does. Raises DataError with
     the reason if it cannot be used."""
     size, background, max_pixels = _check_options(size, background, max_pixels)
@@ -1215,7 +1215,7 @@ def _decode_all(source: _Source, scan: _Scan, size: int, background: str, max_pi
     # and resize release the GIL. A bounded window keeps memory flat on big sets: a few jobs per thread,
     # and at most _IN_FLIGHT_PIXELS decoded pixels and _IN_FLIGHT_BYTES file bytes at once (one bigger
     # picture goes alone), so a set of huge pictures is decoded one at a time instead of all together.
-    # rembg predictions are serialised by engines.background (one at a time; onnxruntime uses all cores).
+    # rembg predictions are serialised by engines.data.background (one at a time; onnxruntime uses all cores).
     workers = max(1, min(8, os.cpu_count() or 1))
     window: list = []
     with _strict_truncation(), \
@@ -1616,7 +1616,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def add_data_commands(subparsers):
     """``pokelab data prepare|info`` on the CLI's sub-command parsers; returns the ``data`` action parsers, where
-    the CLI adds ``fetch`` (engines.fetch builds on this module, so this module never imports it)."""
+    the CLI adds ``fetch`` (engines.data.fetch builds on this module, so this module never imports it)."""
     d = subparsers.add_parser("data", help="prepare an image set, or fetch the public Pokémon images",
                               description="Prepare image sets for training (docs/data.md).")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import __version__
-from .data import DEFAULT_MAX_FILE_BYTES, DataError, _png_short
-from .runs import atomic_write_json
+from .. import __version__
+from .prepare import DEFAULT_MAX_FILE_BYTES, DataError, _png_short
+from ..runs.folder import atomic_write_json
 
 # The PokeAPI sprites repository on GitHub: official artwork, one PNG per national dex number.
 POKEMON_BASE_URL = ("https://raw.githubusercontent.com/PokeAPI/sprites/master/sprites/pokemon/"

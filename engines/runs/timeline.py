@@ -7,8 +7,8 @@ from pathlib import Path
 from PIL import Image
 
 from .gif import stamp_label
-from .images import save_gif
-from .runs import RunFormatError, is_run_dir, list_samples
+from ..data.images import save_gif
+from .folder import RunFormatError, is_run_dir, list_samples
 
 
 def timeline_frames(run_dir: str | os.PathLike, label: bool = True, max_size: int = 768) -> list[Image.Image]:
