@@ -1,4 +1,5 @@
-"""The Gradio Blocks: tabs Generate, Interpolate, Translate, Text-to-image, Review, About.
+"""The app: ``PokelabApp`` holds the catalog and the handlers; the page is one module per tab (``app.tabs``:
+Generate, Interpolate, Translate, Text-to-image, Review, About), put together in ``build()``.
 
 Handlers are thin: they check nothing themselves beyond picking the export, call the UI-free modules
 (``app.gan``, ``app.translate``, ``app.sd_pokemon``, ``app.review_book``) and turn user errors into
@@ -22,24 +23,25 @@ import gradio as gr
 import numpy as np
 import torch
 
-from engines.errors import USER_ERRORS
-from engines.review import QUESTIONS, ReviewDBError
+from engines.review import ReviewDBError
 
 from . import gan
 from . import text_to_image as t2i
 from . import translate as tr
-from . import upscale as upscale_ui
 from .appconfig import LIMITS, AppConfig
 from .exports import ExportCatalog, ExportEntry, RealSet, public_path, public_source_id
 from .inputs import AppInputError
 from .review_book import (ReviewBook, ReviewNotice, ReviewSession, ReviewSource, TranslationGroup,
                           TranslationSource)
 from .sd_pokemon import SDPokemon, SDUnavailable, overlay
+from .tabs import PRIVATE
+from .tabs import about as tab_about, generate as tab_generate, interpolate as tab_interpolate
+from .tabs import review as tab_review, text_to_image as tab_text_to_image, translate as tab_translate
+from .widgets import handle_errors
 
 log = logging.getLogger("pokelab.app")
 
 SD_REVIEW_PROMPT = "a cartoon drawing of a new pokemon, white background"
-ANSWER_CHOICES = ["Left", "Right", "Tie"]
 
 HEADER = """
 <div class="pl-header">
@@ -70,78 +72,6 @@ CSS = """
 #about-md td:first-child, #about-md th {white-space: nowrap;}
 footer {display: none !important;}
 """
-
-
-def picture_upload(**kw) -> gr.Image:
-    """A gr.Image input whose upload reaches the handler as a path, undecoded: ``app.translate`` checks its
-    size, pixel count and content itself, with the app's limits and messages (gr.Image opens it with PIL
-    first and fails on a broken file with PIL's words). The instance's ``preprocess`` is replaced rather
-    than subclassed because gradio writes a .pyi stub next to the source of every component subclass."""
-    comp = gr.Image(type="filepath", image_mode=None, **kw)
-    plain = comp.preprocess
-
-    def preprocess(payload):
-        if payload is None or (payload.url or "").startswith("data:"):
-            return plain(payload)
-        return str(payload.path)
-
-    comp.preprocess = preprocess
-    return comp
-
-
-def export_picker(choices, value, valid, **kw) -> gr.Dropdown:
-    """The export dropdown of a tab. It lists what the page offers (collapsed exports only on request), but
-    a request naming any export the catalog has of the tab's kind is accepted: ``valid()`` gives those keys,
-    so an API caller can still sample a collapsed export by its key (from /exports). An unknown key gets
-    gradio's own 'not in the list of choices'. Same instance-level trick as ``picture_upload``."""
-    comp = gr.Dropdown(choices, value=value, **kw)
-    plain = comp.preprocess
-
-    def preprocess(payload):
-        if isinstance(payload, str) and payload in valid():
-            return payload
-        return plain(payload)
-
-    comp.preprocess = preprocess
-    return comp
-
-
-NOVELTY_COST = ("each sample's nearest training image in Inception features; the first lookup per dataset "
-                "computes the features of the whole training set (217 s for 649 images on a 2-core CPU), "
-                "later ones reuse them")
-
-
-def seed_box(value: int, label: str) -> gr.Number:
-    """A seed field. Not ``precision=0``: gradio would round 1.5 to 2 without a word; the handlers check
-    that a seed is a whole number (``app.inputs.as_int``) and say so."""
-    return gr.Number(value, label=label, precision=None, step=1, minimum=0, maximum=LIMITS.max_seed)
-
-
-def engine_picture(label: str, elem_id: str, download: bool = False, visible: bool = True) -> gr.Image:
-    """An output picture of the Translate tab: small engine pictures fill their box, enlarged without smoothing."""
-    return gr.Image(label=label, elem_id=elem_id, format="png", interactive=False, height=256,
-                    elem_classes=["pl-pixel", "pl-fill"], visible=visible,
-                    buttons=["download", "fullscreen"] if download else ["fullscreen"])
-
-
-def handle_errors(fn):
-    """User mistakes and unavailable models become a gr.Error with their message; anything else is
-    logged with its traceback on the server and reported as one line (never a traceback in the page)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (AppInputError, SDUnavailable, ReviewDBError, *USER_ERRORS) as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except Exception as e:  # noqa: BLE001 - the page gets a sentence, the log the traceback
-            log.exception("error in %s", fn.__name__)
-            raise gr.Error(f"Something went wrong ({type(e).__name__}: {str(e)[:200]}). "
-                           "The server log has the details.", print_exception=False) from None
-
-    return wrapper
 
 
 def resolve_device(name: str) -> str:
@@ -739,312 +669,29 @@ class PokelabApp:
 
     # ---- layout -----------------------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
-        gens = self.catalog.generators()              # all of them: the tab shows when there is any
-        n_bad = len(self.catalog.collapsed("generate"))
-        keys = self.picker_choices("generate")        # the default list: collapsed exports left out
-        first = keys[0][1] if keys else None
-        first_entry = self.catalog.entries.get(first) if first else None
-        first_sup = first_entry.supports if first_entry else set()
-        gen_keys = lambda: {e.key for e in self.catalog.generators()}  # noqa: E731 - what a request may name
-        trans = self.catalog.translators()
-        t_bad = len(self.catalog.collapsed("translate"))
-        tkeys = self.picker_choices("translate")
-        tfirst = self.catalog.entries.get(tkeys[0][1]) if tkeys else None
-        trans_keys = lambda: {e.key for e in self.catalog.translators()}  # noqa: E731
-        show_info = ("their run's last evaluation flagged mode collapse (samples far more alike than real "
-                     "images); they are listed last")
-        rembg_choices = list(tr.REMBG_CHOICES)
-        if self.cfg.rembg_model_path is not None:
-            rembg_choices.insert(0, (f"model file {Path(self.cfg.rembg_model_path).name}", tr.CUSTOM_MODEL))
-        L = LIMITS
-        h = handle_errors
-
+        """The page: one module per tab (``app.tabs``); here only what crosses tabs."""
         with gr.Blocks(title="pokelab", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
             gr.HTML(HEADER)
             with gr.Tabs() as tabs:
-                # ---------------- Generate ----------------
-                with gr.Tab("Generate", id="generate"):
-                    if not gens:
-                        gr.Markdown(self.empty_state(), elem_classes="pl-empty")
-                    with gr.Row(visible=bool(gens)):
-                        with gr.Column(scale=1, min_width=260):
-                            g_export = export_picker(keys, first, gen_keys, label="Engine export",
-                                                     elem_id="gen-export")
-                            g_show = gr.Checkbox(False, label=f"Show collapsed exports ({n_bad})", info=show_info,
-                                                 visible=n_bad > 0, elem_id="gen-show-collapsed")
-                            g_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
-                            with gr.Row():
-                                g_seed = seed_box(0, "Seed")
-                                g_dice = gr.Button("Random", scale=0, min_width=80)
-                            g_count = gr.Slider(L.min_count, L.max_count, value=16, step=1, label="Images",
-                                                info=f"{L.min_count}–{L.max_count}; a larger number typed in "
-                                                     f"becomes {L.max_count}", elem_id="gen-count")
-                            g_psi = gr.Slider(L.min_psi, L.max_psi, value=0.7, step=0.05, label="Truncation ψ",
-                                              info=f"{L.min_psi:g}–{L.max_psi:g} (values outside are set to the "
-                                                   "nearest end); lower = more typical, less varied",
-                                              visible="truncation" in first_sup)
-                            # conditional exports (cgan): the labels of every image; the handler checks them
-                            # against the export's vocabulary (an API caller may name any export)
-                            g_labels = gr.Dropdown(first_entry.vocabulary if first_entry else [], value=[],
-                                                   multiselect=True, allow_custom_value=True, label="Labels",
-                                                   info="every image gets these (two: a dual type); none: each "
-                                                        "image's own draw from the training mix",
-                                                   visible=bool(first_entry and first_entry.vocabulary),
-                                                   elem_id="gen-labels")
-                            g_nov = gr.Checkbox(False, label="Nearest training image (novelty)",
-                                                info=NOVELTY_COST, visible=self.cfg.novelty)
-                            g_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
-                        with gr.Column(scale=3):
-                            g_gallery = gr.Gallery(label="Samples", elem_id="gen-gallery", columns=8, height="auto", format="png",
-                                                   object_fit="contain", elem_classes="pl-pixel",
-                                                   buttons=["download", "download_all", "fullscreen"],
-                                                   interactive=False)
-                            with gr.Row():
-                                g_sel = gr.Markdown("Generate a grid, then click an image to interpolate from it.")
-                                g_to_a = gr.Button("Use as interpolation start (A)", size="sm", elem_id="gen-to-a")
-                                g_to_b = gr.Button("Use as end (B)", size="sm")
-                            g_files = gr.File(label="Grid as one PNG (single images: the gallery's download buttons)",
-                                              interactive=False)
-                            first_mix = first_entry.config.get("extra", {}) if first_entry else {}
-                            with gr.Accordion("Style mixing (StyleGAN2)", open=False,
-                                              visible="style_mixing" in first_sup) as g_mix_box:
-                                gr.Markdown("Each cell takes the coarse styles (pose, shape) of its row's seed and "
-                                            "the fine styles (colours, texture) of its column's seed.")
-                                with gr.Row():
-                                    g_rows = gr.Textbox("1, 2, 3", label="Row seeds (coarse)", max_length=80)
-                                    g_cols = gr.Textbox("10-14", label="Column seeds (fine)", max_length=80)
-                                    # the slider's bound is the largest style count of any export (checked per
-                                    # export in app.gan.style_mix); the API validates against this bound
-                                    most_ws = max([int((e.config.get("extra") or {}).get("num_ws") or 1)
-                                                   for e in gens] or [1])
-                                    n_ws = int(first_mix.get("num_ws") or 1)
-                                    g_cross = gr.Slider(0, most_ws, value=max(1, n_ws // 2), step=1,
-                                                        label="Crossover (style inputs from the row)")
-                                g_mix_btn = gr.Button("Mix styles")
-                                g_mix_img = gr.Image(label="Style mixing", format="png", interactive=False,
-                                                     elem_classes="pl-pixel", buttons=["download", "fullscreen"])
-                            g_nov_md = gr.Markdown()
-                            g_nov_gallery = gr.Gallery(label="Sample | nearest training image", columns=4,
-                                                       height="auto", format="png", visible=False,
-                                                       object_fit="contain", elem_id="gen-novelty",
-                                                       elem_classes="pl-pixel", interactive=False)
-                    g_seeds = gr.State([])
-                    g_selected = gr.State(None)
-                    upscale_ui.panel(self, "generate", [g_gallery, g_seeds, g_selected], "generated")
+                gen = tab_generate.build(self)
+                interp = tab_interpolate.build(self)
+                tab_translate.build(self)
+                t2i_tab = tab_text_to_image.build(self)
+                tab_review.build(self)
+                about = tab_about.build(self)
+            priv = PRIVATE
 
-                # ---------------- Interpolate ----------------
-                with gr.Tab("Interpolate", id="interpolate"):
-                    if not gens:
-                        gr.Markdown(self.empty_state(), elem_classes="pl-empty")
-                    with gr.Row(visible=bool(gens)):
-                        with gr.Column(scale=1, min_width=260):
-                            i_export = export_picker(keys, first, gen_keys, label="Engine export",
-                                                     elem_id="interp-export")
-                            i_show = gr.Checkbox(False, label=f"Show collapsed exports ({n_bad})", info=show_info,
-                                                 visible=n_bad > 0)
-                            i_facts = gr.Markdown(self.export_summary(first), elem_classes="pl-facts")
-                            with gr.Row():
-                                i_a = seed_box(0, "Seed A")
-                                i_b = seed_box(1, "Seed B")
-                            i_frames = gr.Slider(L.min_frames, L.max_frames, value=24, step=1, label="Frames")
-                            i_mode = gr.Radio(["slerp", "lerp"], value="lerp" if "w_space" in first_sup else "slerp",
-                                              label="Path", info="slerp: along the Gaussian shell in Z; "
-                                                                 "for StyleGAN, lerp walks straight in W")
-                            i_psi = gr.Slider(L.min_psi, L.max_psi, value=0.7, step=0.05, label="Truncation ψ",
-                                              info=f"{L.min_psi:g}–{L.max_psi:g} (values outside are set to the "
-                                                   "nearest end)", visible="truncation" in first_sup)
-                            # conditional exports: label A is held along a seed walk; with label B set the walk
-                            # goes from A to B at seed A's latent (the handler checks both against the vocabulary)
-                            first_vocab = first_entry.vocabulary if first_entry else []
-                            i_labels = gr.Dropdown(first_vocab, value=[], multiselect=True, allow_custom_value=True,
-                                                   label="Label A", info="held along the walk (none: seed A's own "
-                                                   "draw from the training mix)", visible=bool(first_vocab),
-                                                   elem_id="interp-labels")
-                            i_labels_to = gr.Dropdown(first_vocab, value=[], multiselect=True, allow_custom_value=True,
-                                                      label="Label B", info="set: walk from label A to label B at "
-                                                      "seed A (seed B unused)", visible=bool(first_vocab),
-                                                      elem_id="interp-labels-to")
-                            i_fps = gr.Slider(L.min_fps, L.max_fps, value=12, step=1, label="GIF frames/s")
-                            with gr.Row():
-                                i_boom = gr.Checkbox(False, label="Play back and forth")
-                                i_mp4 = gr.Checkbox(False, label="Also make an MP4", visible=gan.mp4_available())
-                            i_btn = gr.Button("Interpolate", variant="primary", elem_id="interp-btn")
-                        with gr.Column(scale=3):
-                            i_strip = gr.Image(label="Frames", elem_id="interp-strip", format="png", interactive=False, elem_classes="pl-pixel",
-                                               buttons=["download", "fullscreen"])
-                            with gr.Row():
-                                i_gif = gr.Image(label="Animation", elem_id="interp-gif", type="filepath", interactive=False, height=280,
-                                                 elem_classes="pl-pixel")
-                                with gr.Column():
-                                    i_info = gr.Markdown(elem_id="interp-info")
-                                    i_files = gr.File(label="MP4", interactive=False, visible=False)
-
-                # ---------------- Translate ----------------
-                with gr.Tab("Translate", id="translate"):
-                    if not trans:
-                        gr.Markdown(self.empty_state("translate"), elem_classes="pl-empty")
-                    with gr.Row(visible=bool(trans)):
-                        with gr.Column(scale=1, min_width=280):
-                            x_upload = picture_upload(label="Your picture", sources=["upload", "clipboard"], height=220,
-                                                      elem_id="tr-upload", elem_classes=["pl-pixel", "pl-fill"])
-                            x_export = export_picker(tkeys, tfirst.key if tfirst else None, trans_keys,
-                                                     label="Translation export", elem_id="tr-export")
-                            x_show = gr.Checkbox(False, label=f"Show collapsed exports ({t_bad})", info=show_info,
-                                                 visible=t_bad > 0)
-                            x_facts = gr.Markdown(self.export_summary(tfirst.key if tfirst else None, "translate"),
-                                                  elem_classes="pl-facts")
-                            x_dir = gr.Radio(self.direction_choices(tfirst), value="AB", label="Direction",
-                                             visible=tfirst is not None and len(tfirst.directions) > 1)
-                            x_rembg = gr.Checkbox(False, label="Remove background (rembg)",
-                                                  info="cut the subject out first; pictures with their own "
-                                                       "transparency keep it")
-                            x_model = gr.Dropdown(rembg_choices, value=tr.CUSTOM_MODEL if self.cfg.rembg_model_path
-                                                  else tr.REMBG_CHOICES[0], label="rembg model",
-                                                  allow_custom_value=True, visible=False,
-                                                  info="a named model is downloaded by rembg on first use")
-                            x_btn = gr.Button("Translate", variant="primary", elem_id="tr-btn")
-                        with gr.Column(scale=3):
-                            with gr.Row(equal_height=True):
-                                x_in = engine_picture("Engine input", "tr-input")
-                                x_out = engine_picture("Output", "tr-output", download=True)
-                                x_rec = engine_picture("Reconstruction", "tr-rec",
-                                                 visible=tfirst is not None and "BA" in tfirst.directions)
-                            with gr.Row(equal_height=True,
-                                        visible=tfirst is not None and tfirst.has_attention) as x_att_row:
-                                x_att = engine_picture("Attention (CAM) on the input", "tr-attention")
-                                x_map = engine_picture("Attention map", "tr-attention-map")
-                            x_info = gr.Markdown(elem_id="tr-info")
-                            x_file = gr.File(label="Output as PNG (the engine's size, lossless)", interactive=False,
-                                             elem_id="tr-file")
-                    for name, files in self.examples:
-                        gr.Examples([[f] for f in files], inputs=[x_upload], label=f"Pictures of {name} (an input set)",
-                                    examples_per_page=len(files))
-                    upscale_ui.panel(self, "translate", [x_out], "translated")
-
-                # ---------------- Text-to-image ----------------
-                with gr.Tab("Text-to-image", id="txt2img"):
-                    t_status = gr.Markdown(self.sd_status())
-                    t_choices = self.t2i_choices()
-                    with gr.Row():
-                        with gr.Column(scale=1, min_width=300):
-                            # SD, or an export that takes a prompt (stackgan): the same prompt box for both
-                            # an API caller may name a text export by its plain key (from /exports)
-                            t_engine = export_picker(t_choices, "sd", lambda: {
-                                e.key for e in t2i.text_exports(self.catalog)}, label="Engine",
-                                elem_id="t2i-engine", visible=len(t_choices) > 1)
-                            t_facts = gr.Markdown("", elem_classes="pl-facts", visible=False)
-                            t_prompt = gr.Textbox("a cute red dragon pokemon with wings", label="Prompt", lines=2,
-                                                  max_length=L.max_prompt_chars)
-                            t_neg = gr.Textbox("", label="Negative prompt", max_length=L.max_prompt_chars)
-                            with gr.Row():
-                                t_steps = gr.Slider(L.min_steps, L.max_steps, value=25, step=1, label="Steps", elem_id="t2i-steps")
-                                t_guid = gr.Slider(L.min_guidance, L.max_guidance, value=7.5, step=0.5,
-                                                   label="Guidance")
-                            with gr.Row():
-                                t_seed = seed_box(0, "Seed")
-                                t_w = gr.Slider(L.min_sd_size, L.max_sd_size, value=512, step=L.sd_size_step,
-                                                label="Width", elem_id="t2i-w")
-                                t_h = gr.Slider(L.min_sd_size, L.max_sd_size, value=512, step=L.sd_size_step,
-                                                label="Height", elem_id="t2i-h")
-                            t_attn = gr.Checkbox(True, label="Attention map per prompt token")
-                            t_count = gr.Slider(1, t2i.MAX_TEXT_IMAGES, value=8, step=1, label="Images",
-                                                info="one per seed from the seed up", visible=False)
-                            t_btn = gr.Button("Generate", variant="primary", elem_id="t2i-btn")
-                            t_btn_gan = gr.Button("Generate", variant="primary", elem_id="t2i-gan-btn",
-                                                  visible=False)
-                        with gr.Column(scale=2):
-                            t_img = gr.Image(label="Image", elem_id="t2i-image", format="png", interactive=False,
-                                             buttons=["download", "fullscreen"])
-                            t_info = gr.Markdown(elem_id="t2i-info")
-                    t_maps = gr.Gallery(elem_id="t2i-maps", label="Where each token looks (cross-attention, averaged over steps and layers)",
-                                        columns=6, height="auto", format="png", interactive=False)
-                    with gr.Accordion("Latent interpolation", open=False) as t_interp:
-                        gr.Markdown("Walk the initial noise between two seeds (same prompt), or the text embedding "
-                                    "between the prompt above and a second prompt (same seed). Each frame is a "
-                                    "full diffusion run.")
-                        with gr.Row():
-                            t_seed_b = seed_box(1, "Seed B")
-                            t_prompt_b = gr.Textbox("a cute blue turtle pokemon", label="Prompt B",
-                                                    max_length=L.max_prompt_chars)
-                            t_frames = gr.Slider(L.min_sd_frames, L.max_sd_frames, value=6, step=1, label="Frames")
-                            t_fps = gr.Slider(L.min_fps, L.max_fps, value=4, step=1, label="GIF frames/s")
-                        with gr.Row():
-                            t_btn_seeds = gr.Button("Interpolate seeds (seed → seed B)")
-                            t_btn_prompts = gr.Button("Interpolate prompts (prompt → prompt B)")
-                        with gr.Row():
-                            t_strip = gr.Image(label="Frames", format="png", interactive=False, scale=3)
-                            with gr.Column(scale=1):
-                                t_gif = gr.Image(label="Animation", type="filepath", interactive=False, height=240)
-
-                # ---------------- Review ----------------
-                with gr.Tab("Review", id="review"):
-                    gr.Markdown("Two pictures from two hidden sources — engines, Stable Diffusion or real training "
-                                "images. Answer both questions for each pair; your answers are stored with your name. "
-                                "Which source made which picture is never shown. In a translation round an input "
-                                "picture comes first and both pictures are made from it (by a translation engine, "
-                                "or the real artwork of the same name).")
-                    r_note = gr.Markdown(elem_id="review-note")
-                    with gr.Row():
-                        r_name = gr.Textbox(label="Your name", elem_id="review-name", max_length=L.max_rater_chars, scale=3)
-                        r_start = gr.Button("Start", variant="primary", scale=1, elem_id="review-start")
-                    r_session = gr.State(None)
-                    # the round on screen, sent back with the answers: a repeated click cannot store them twice
-                    r_round = gr.Textbox("", visible=False, elem_id="review-round")
-                    with gr.Column(visible=False) as r_panel:
-                        r_progress = gr.Markdown(elem_id="review-progress")
-                        with gr.Row(equal_height=True):
-                            r_input = gr.Image(label="Input", elem_id="review-input", format="png", interactive=False,
-                                               height=300, elem_classes="pl-review-img", buttons=["fullscreen"],
-                                               visible=False)
-                            r_left = gr.Image(label="Left", elem_id="review-left", format="png", interactive=False, height=300,
-                                              elem_classes="pl-review-img", buttons=["fullscreen"])
-                            r_right = gr.Image(label="Right", elem_id="review-right", format="png", interactive=False, height=300,
-                                               elem_classes="pl-review-img", buttons=["fullscreen"])
-                        with gr.Row():
-                            r_q1 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["pokemon"], elem_id="review-q-pokemon")
-                            r_q2 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["novel"], elem_id="review-q-novel")
-                            r_q3 = gr.Radio(ANSWER_CHOICES, label=QUESTIONS["faithful"], elem_id="review-q-faithful",
-                                            visible=False)
-                        with gr.Row():
-                            r_submit = gr.Button("Submit and next", variant="primary", elem_id="review-submit")
-                            r_skip = gr.Button("Skip this pair")
-                        upscale_ui.panel(self, "review", [r_left, r_right], "review")
-
-                # ---------------- About ----------------
-                with gr.Tab("About", id="about") as about_tab:
-                    a_md = gr.Markdown(self.about_markdown(), elem_id="about-md")
-                    with gr.Accordion("Export facts as JSON", open=False):
-                        a_json = gr.JSON(self.exports_info())
-
-            # ---------------- events ----------------
-            priv = {"api_visibility": "private"}
             # one choice for both generation pickers: ticking either box lists the collapsed exports in both
             def show_gen(show, g_key, i_key):
                 return (self.picker_update("generate", show, g_key), self.picker_update("generate", show, i_key),
                         bool(show))
 
-            g_show.input(show_gen, [g_show, g_export, i_export], [g_export, i_export, i_show], **priv)
-            i_show.input(show_gen, [i_show, g_export, i_export], [g_export, i_export, g_show], **priv)
-            x_show.input(lambda show, key: self.picker_update("translate", show, key), [x_show, x_export], x_export,
-                         **priv)
-            g_export.change(h(self.on_gen_export_change), g_export, [g_facts, g_psi, g_mix_box, g_cross, g_labels],
-                            **priv)
-            i_export.change(h(self.on_interp_export_change), i_export,
-                            [i_facts, i_psi, i_mode, i_labels, i_labels_to], **priv)
-            g_mix_btn.click(h(self.style_mix), [g_export, g_rows, g_cols, g_cross, g_psi], g_mix_img,
-                            api_name="style_mix")
-            g_dice.click(lambda: random.randrange(2**31), None, g_seed, **priv)
-            g_nov.change(lambda on: (gr.update(visible=bool(on)), ""), g_nov, [g_nov_gallery, g_nov_md], **priv)
-            g_btn.click(h(self.generate), [g_export, g_seed, g_count, g_psi, g_nov, g_labels],
-                        [g_gallery, g_files, g_seeds, g_nov_gallery, g_nov_md, g_sel], api_name="generate")
+            gen.show.input(show_gen, [gen.show, gen.export, interp.export], [gen.export, interp.export, interp.show],
+                           **priv)
+            interp.show.input(show_gen, [interp.show, gen.export, interp.export],
+                              [gen.export, interp.export, gen.show], **priv)
 
-            def on_select(seeds, evt: gr.SelectData):
-                s = seeds[evt.index] if seeds and evt.index is not None and evt.index < len(seeds) else None
-                return s, (f"Selected: **seed {s}**" if s is not None else "")
-
-            g_gallery.select(on_select, g_seeds, [g_selected, g_sel], **priv)
-
-            def use_as(which):
+            def use_as(which):  # a sample clicked in Generate starts (A) or ends (B) an interpolation
                 def fn(key, sel, a, b):
                     if sel is None:
                         raise gr.Error("Click an image in the grid first.", print_exception=False)
@@ -1052,55 +699,13 @@ class PokelabApp:
                     return key, a, b, gr.Tabs(selected="interpolate")
                 return fn
 
-            g_to_a.click(use_as("a"), [g_export, g_selected, i_a, i_b], [i_export, i_a, i_b, tabs], **priv)
-            g_to_b.click(use_as("b"), [g_export, g_selected, i_a, i_b], [i_export, i_a, i_b, tabs], **priv)
-            i_mp4.change(lambda on: gr.update(visible=bool(on)), i_mp4, i_files, **priv)
-            i_btn.click(h(self.interpolate), [i_export, i_a, i_b, i_frames, i_mode, i_psi, i_fps, i_boom, i_mp4,
-                                              i_labels, i_labels_to],
-                        [i_strip, i_gif, i_files, i_info], api_name="interpolate")
-
-            t_attn.change(lambda on: gr.update(visible=bool(on)), t_attn, t_maps, **priv)
-            t_engine.change(h(self.on_t2i_engine_change), t_engine,
-                            [t_facts, t_count, t_btn_gan, t_btn, t_neg, t_steps, t_guid, t_w, t_h, t_attn, t_maps,
-                             t_interp, t_status], **priv)
-            t_btn_gan.click(h(self.text_to_image_gan), [t_engine, t_prompt, t_seed, t_count], [t_img, t_info],
-                            api_name="text_to_image_gan")
-            sd_common = [t_neg, t_steps, t_guid]
-            t_btn.click(h(self.txt2img), [t_prompt, t_neg, t_steps, t_guid, t_seed, t_w, t_h, t_attn],
-                        [t_img, t_maps, t_info, t_status], api_name="text_to_image", concurrency_limit=1,
-                        concurrency_id="sd").then(self.sd_status, None, t_status, **priv)
-            t_btn_seeds.click(h(self.sd_interp_seeds), [t_prompt, *sd_common, t_seed, t_seed_b, t_frames, t_w, t_h,
-                                                        t_fps],
-                              [t_strip, t_gif, t_status], api_name="sd_interpolate_seeds",
-                              concurrency_limit=1, concurrency_id="sd").then(self.sd_status, None, t_status, **priv)
-            t_btn_prompts.click(h(self.sd_interp_prompts), [t_prompt, t_prompt_b, *sd_common, t_seed, t_frames, t_w,
-                                                            t_h, t_fps],
-                                [t_strip, t_gif, t_status], api_name="sd_interpolate_prompts",
-                                concurrency_limit=1, concurrency_id="sd").then(self.sd_status, None, t_status,
-                                                                               **priv)
-
-            x_export.change(h(self.on_trans_export_change), x_export,
-                            [x_facts, x_dir, x_in, x_out, x_rec, x_att_row, x_att, x_map, x_file, x_info], **priv)
-            x_rembg.change(lambda on: gr.update(visible=bool(on)), x_rembg, x_model, **priv)
-            x_btn.click(h(self.translate), [x_upload, x_export, x_dir, x_rembg, x_model],
-                        [x_in, x_out, x_rec, x_att, x_map, x_file, x_info], api_name="translate")
-
-            review_out = [r_session, r_left, r_right, r_progress, r_q1, r_q2, r_panel, r_input, r_q3]
-            layout = (self.review_layout, r_session, [r_q2, r_q3, r_input, r_note, r_round])
-            r_start.click(h(self.review_start_page), [r_name, r_session], review_out,
-                          api_name="review_start").success(*layout, **priv)
-            r_name.submit(h(self.review_start_page), [r_name, r_session], review_out, **priv).success(*layout,
-                                                                                                       **priv)
-            # 'faithful' last and optional, so two-answer callers of the generation rounds keep working
-            r_submit.click(h(self.review_answer_page), [r_q1, r_q2, r_session, r_q3, r_round], review_out,
-                           api_name="review_answer").success(*layout, **priv)
-            r_skip.click(h(self.review_skip), [r_session], review_out, api_name="review_skip").success(*layout, **priv)
-
-            demo.load(lambda: (self.about_markdown(), self.sd_status()),
-                      None, [a_md, t_status], **priv)
-            about_tab.select(self.about_markdown, None, a_md, **priv)  # fresh review counts, SD state
+            for button, which in ((gen.to_a, "a"), (gen.to_b, "b")):
+                button.click(use_as(which), [gen.export, gen.selected, interp.a, interp.b],
+                             [interp.export, interp.a, interp.b, tabs], **priv)
+            demo.load(lambda: (self.about_markdown(), self.sd_status()), None, [about.markdown, t2i_tab.status],
+                      **priv)
             gr.api(self.exports_info, api_name="exports")
-            gr.api(h(self.review_stats), api_name="review_stats")
+            gr.api(handle_errors(self.review_stats), api_name="review_stats")
         return demo
 
     # ---- API-only ---------------------------------------------------------------------------------------

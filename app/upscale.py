@@ -6,7 +6,7 @@ the shipped ``checkpoints/runs/*/export``); the panel is only built when there i
 gets from the page is an array or a file in gradio's cache; a file is read with ``engines.data.prepare.read_picture``
 (regular files only, the upload limits, any mode, transparency flattened on white). Pictures are upscaled in
 tiles (``UpscaleEngine.upscale_tiled``), and at most ``MAX_INPUT_PIXELS`` of them. ``panel()`` is the only UI
-code: one accordion per tab, added by one line in ``app.ui``.
+code: one accordion per tab, added by one line in that tab's module (``app.tabs``).
 """
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def panel(app, where: str, inputs: list, handler: str) -> None:
     endpoint is ``/upscale_<where>``. Nothing is built when the catalog has no upscaling export."""
     import gradio as gr
 
-    from .ui import export_picker, handle_errors
+    from .widgets import export_picker, handle_errors
 
     ups = entries(app.catalog)
     if not ups:

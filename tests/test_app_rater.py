@@ -165,7 +165,7 @@ def test_novelty_pairs_are_shown_whole_with_a_readable_distance(app):
 
 
 def test_the_first_lookups_cost_is_stated(app):
-    from app.ui import NOVELTY_COST
+    from app.widgets import NOVELTY_COST
 
     assert "217 s" in NOVELTY_COST
     texts = json.dumps(app.client.config["components"])
