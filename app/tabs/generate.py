@@ -25,21 +25,23 @@ def generation_picker(app) -> SimpleNamespace:
                            valid=lambda: {e.key for e in app.catalog.generators()})  # what a request may name
 
 
+def picker_controls(app, p: SimpleNamespace, export_id: str, show_id: str | None = None):
+    """The top of Generate and Interpolate: the export picker, the "show collapsed" box, the export's facts."""
+    export = export_picker(p.keys, p.first, p.valid, label="Engine export", elem_id=export_id)
+    show = gr.Checkbox(False, label=f"Show collapsed exports ({p.n_bad})", info=SHOW_COLLAPSED_INFO,
+                       visible=p.n_bad > 0, elem_id=show_id)
+    return export, show, gr.Markdown(app.export_summary(p.first), elem_classes="pl-facts")
+
+
 def build(app) -> SimpleNamespace:
     p = generation_picker(app)
-    gens, n_bad, keys, first, first_entry, first_sup, gen_keys = (p.gens, p.n_bad, p.keys, p.first,
-                                                                  p.first_entry, p.first_sup, p.valid)
-    show_info = SHOW_COLLAPSED_INFO
+    gens, first_entry, first_sup = p.gens, p.first_entry, p.first_sup
     with gr.Tab("Generate", id="generate"):
         if not gens:
             gr.Markdown(app.empty_state(), elem_classes="pl-empty")
         with gr.Row(visible=bool(gens)):
             with gr.Column(scale=1, min_width=260):
-                g_export = export_picker(keys, first, gen_keys, label="Engine export",
-                                         elem_id="gen-export")
-                g_show = gr.Checkbox(False, label=f"Show collapsed exports ({n_bad})", info=show_info,
-                                     visible=n_bad > 0, elem_id="gen-show-collapsed")
-                g_facts = gr.Markdown(app.export_summary(first), elem_classes="pl-facts")
+                g_export, g_show, g_facts = picker_controls(app, p, "gen-export", "gen-show-collapsed")
                 with gr.Row():
                     g_seed = seed_box(0, "Seed")
                     g_dice = gr.Button("Random", scale=0, min_width=80)

@@ -8,26 +8,20 @@ import gradio as gr
 
 from .. import gan
 from ..appconfig import LIMITS as L
-from ..widgets import SHOW_COLLAPSED_INFO, export_picker, handle_errors as h, seed_box
+from ..widgets import handle_errors as h, seed_box
 from . import PRIVATE as priv
-from .generate import generation_picker
+from .generate import generation_picker, picker_controls
 
 
 def build(app) -> SimpleNamespace:
     p = generation_picker(app)
-    gens, n_bad, keys, first, first_entry, first_sup, gen_keys = (p.gens, p.n_bad, p.keys, p.first,
-                                                                  p.first_entry, p.first_sup, p.valid)
-    show_info = SHOW_COLLAPSED_INFO
+    first_entry, first_sup = p.first_entry, p.first_sup
     with gr.Tab("Interpolate", id="interpolate"):
-        if not gens:
+        if not p.gens:
             gr.Markdown(app.empty_state(), elem_classes="pl-empty")
-        with gr.Row(visible=bool(gens)):
+        with gr.Row(visible=bool(p.gens)):
             with gr.Column(scale=1, min_width=260):
-                i_export = export_picker(keys, first, gen_keys, label="Engine export",
-                                         elem_id="interp-export")
-                i_show = gr.Checkbox(False, label=f"Show collapsed exports ({n_bad})", info=show_info,
-                                     visible=n_bad > 0)
-                i_facts = gr.Markdown(app.export_summary(first), elem_classes="pl-facts")
+                i_export, i_show, i_facts = picker_controls(app, p, "interp-export")
                 with gr.Row():
                     i_a = seed_box(0, "Seed A")
                     i_b = seed_box(1, "Seed B")
