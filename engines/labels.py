@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import torch
 
 from .data.prepare import (DEFAULT_MAX_FILE_BYTES, IMAGE_EXTENSIONS, DataError, _NotRegular, _open_regular, _printable,
-                   _read_at_most, natural_key)
+                           _read_at_most, natural_key)
 
 LABELS_VERSION = "pokelab-labels/1"
 SEPARATOR = "|"

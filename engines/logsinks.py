@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from .runs.folder import (RunFormatError, counter_value, read_info, read_metrics, read_regular_bytes,
-                   regular_file_problem)
+                          regular_file_problem)
 
 #: where the trainer writes TensorBoard event files, inside the run folder
 TB_DIR = "tensorboard"

@@ -41,7 +41,8 @@ from .data.images import from_uint8, save_grid
 from .logsinks import LogSinks, check_available as check_sinks
 from .registry import get_engine
 from .runs.folder import (RunFormatError, RunLock, RunWriter, atomic_write_bytes, check_info, check_run_files,
-                   checkpoint_path, clean_orphans, create_run_dir, export_dir, make_run_id, read_info, sample_path)
+                          checkpoint_path, clean_orphans, create_run_dir, export_dir, make_run_id, read_info,
+                          sample_path)
 
 CHECKPOINT_VERSION = 1
 #: run.json's progress fields (epoch, step, wall_seconds) are rewritten at most this often, and at every checkpoint,
@@ -458,9 +459,9 @@ class Trainer:
                progress: bool | None = None, max_hours: float | None = None,
                overrides: list[str] | None = None) -> "Trainer":
         """Continue a run exactly where its last checkpoint left it. ``overrides`` (``--set k=v``) may change the
-        bookkeeping settings of config.RESUME_SETTINGS (eval/sample/checkpoint cadence), nothing that trains. ``dataset`` defaults to the
-        recorded source, which must still have the same content key. A run stopped before its first
-        checkpoint (killed between run.json and the epoch-0 checkpoint) restarts in place from epoch 0.
+        bookkeeping settings of config.RESUME_SETTINGS (eval/sample/checkpoint cadence), nothing that trains.
+        ``dataset`` defaults to the recorded source, which must still have the same content key. A run stopped
+        before its first checkpoint (killed between run.json and the epoch-0 checkpoint) restarts in place from epoch 0.
         The run's lock is taken first: a run another trainer owns is refused (RunLockedError)."""
         run_dir = Path(run_dir)
         read_info(run_dir)  # a run folder at all, before a lock file is made in it

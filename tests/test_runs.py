@@ -4,7 +4,7 @@ import os
 import pytest
 
 from engines.runs.folder import (RunFormatError, RunWriter, atomic_write_json, find_runs, list_samples, make_run_id,
-                          read_info, read_metrics)
+                                 read_info, read_metrics)
 
 
 def test_writer_and_tolerant_reader(tmp_path):

@@ -49,11 +49,11 @@ def build(app) -> SimpleNamespace:
                     i_mp4 = gr.Checkbox(False, label="Also make an MP4", visible=gan.mp4_available())
                 i_btn = gr.Button("Interpolate", variant="primary", elem_id="interp-btn")
             with gr.Column(scale=3):
-                i_strip = gr.Image(label="Frames", elem_id="interp-strip", format="png", interactive=False, elem_classes="pl-pixel",
-                                   buttons=["download", "fullscreen"])
+                i_strip = gr.Image(label="Frames", elem_id="interp-strip", format="png", interactive=False,
+                                   elem_classes="pl-pixel", buttons=["download", "fullscreen"])
                 with gr.Row():
-                    i_gif = gr.Image(label="Animation", elem_id="interp-gif", type="filepath", interactive=False, height=280,
-                                     elem_classes="pl-pixel")
+                    i_gif = gr.Image(label="Animation", elem_id="interp-gif", type="filepath", interactive=False,
+                                     height=280, elem_classes="pl-pixel")
                     with gr.Column():
                         i_info = gr.Markdown(elem_id="interp-info")
                         i_files = gr.File(label="MP4", interactive=False, visible=False)

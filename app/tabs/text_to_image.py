@@ -47,7 +47,8 @@ def build(app) -> SimpleNamespace:
                 t_img = gr.Image(label="Image", elem_id="t2i-image", format="png", interactive=False,
                                  buttons=["download", "fullscreen"])
                 t_info = gr.Markdown(elem_id="t2i-info")
-        t_maps = gr.Gallery(elem_id="t2i-maps", label="Where each token looks (cross-attention, averaged over steps and layers)",
+        t_maps = gr.Gallery(elem_id="t2i-maps",
+                            label="Where each token looks (cross-attention, averaged over steps and layers)",
                             columns=6, height="auto", format="png", interactive=False)
         with gr.Accordion("Latent interpolation", open=False) as t_interp:
             gr.Markdown("Walk the initial noise between two seeds (same prompt), or the text embedding "
