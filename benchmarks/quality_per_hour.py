@@ -8,7 +8,8 @@
 
 One row per run: engine, kind, image size, samples per evaluation, training hours and kimg in all, then FID
 and KID at each mark: the value of the last evaluation at or before the mark. "—": the run trained less than
-the mark; "·": no evaluation by then. Training hours are the training wall clock with evaluation left out
+the mark; "·": no evaluation by then (an evaluation up to 1 % past a mark counts for it: a run stopped by
+``--max-hours 3`` ends on the step that crosses 3 h). Training hours are the training wall clock with evaluation left out
 (pokelab: the cumulative ``epoch_seconds``; stylegan2-ada folders: ``Timing/sec_per_tick``); images seen are
 step x batch size (translation runs: source-domain images). Runs are read with the studio's reader
 (``studio.data``: the same numbers as the studio's "training hours" and "images seen" axes); runs that did not
@@ -31,6 +32,9 @@ AXES = {"hours": "hours", "images": "kimg"}
 DEFAULT_MARKS = {"hours": (0.5, 1.0, 2.0, 3.0), "kimg": (25.0, 50.0, 100.0, 200.0)}
 SHORTER, NONE_YET, UNKNOWN = "—", "·", "n/a"
 _EPS = 1e-9
+# A run stopped by --max-hours H (or an image budget) finishes the step that crosses H and is evaluated there:
+# an evaluation up to 1 % past a mark counts for it, so a 3 h run's last evaluation is its 3 h value.
+MARK_TOLERANCE = 0.01
 
 
 def mark_label(mark: float, axis: str) -> str:
@@ -48,7 +52,7 @@ def _total(run: D.Run, axis: str, m: D.XMap | None) -> float | None:
 
 def values_at(run: D.Run, m: D.XMap, metric: str, marks: list[float], total: float | None) -> list[dict[str, Any]]:
     """Per mark: {"value", "x" (the run's own x of the evaluation used), "at" (its position on the axis)} of the
-    last evaluation of ``metric`` at or before the mark; {"value": None, "why": "shorter" | "none"} where the
+    last evaluation of ``metric`` at or before the mark (within MARK_TOLERANCE past it); {"value": None, "why": "shorter" | "none"} where the
     run trained less than the mark or had no evaluation by then."""
     s = run.column("evals", metric)
     pos = m(s.index.to_numpy(dtype=float)) if s is not None else None
@@ -60,7 +64,7 @@ def values_at(run: D.Run, m: D.XMap, metric: str, marks: list[float], total: flo
         if s is None:
             out.append({"value": None, "why": "none"})
             continue
-        ok = [i for i, p in enumerate(pos) if p == p and p <= mark + _EPS]
+        ok = [i for i, p in enumerate(pos) if p == p and p <= mark * (1 + MARK_TOLERANCE) + _EPS]
         if not ok:
             out.append({"value": None, "why": "none"})
             continue

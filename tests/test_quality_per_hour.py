@@ -71,6 +71,16 @@ def test_values_at_hour_marks(runs):
     assert sg["why"] == "" and sg["kimg"] == 40 and sg["eval_n"] == 50000 and sg["hours"] == pytest.approx(0.1, rel=0.1)
 
 
+def test_an_evaluation_just_past_a_mark_counts_for_it(tmp_path):
+    """A run stopped by --max-hours 3 ends on the epoch that crosses 3 h: its last evaluation is the 3 h value
+    if it lies within 1 % past the mark, and not beyond that."""
+    _run(tmp_path, A, 3, (1, 2, 3), secs=3600 * 1.005)   # evaluations at 1.005, 2.01 and 3.015 h
+    _run(tmp_path, B, 3, (1, 2, 3), secs=3600 * 1.02)    # 1.02, 2.04, 3.06 h: too far past
+    rows = {r["run"]: r for r in Q.table_rows(Q.D.load_runs([tmp_path]), "hours", [1, 2, 3])}
+    assert _cells(rows[A], "kid") == pytest.approx([0.1, 0.05, 0.1 / 3])
+    assert _cells(rows[B], "kid")[:1] == ["none"] and _cells(rows[B], "kid")[1:] == pytest.approx([0.1, 0.05])
+
+
 def test_printed_table(runs, capsys):
     assert Q.main([str(runs)]) == 0
     out = capsys.readouterr().out
