@@ -396,14 +396,10 @@ class RunWriter:
                     dropped += 1
                     self.truncate_notes.append(f"line {i}: longer than {MAX_LINE_BYTES // 1024} KB")
                     continue
-                text = raw.decode("utf-8", errors="replace")
-                if not text.strip():
+                rec = _record(raw)
+                if rec is _BLANK:
                     continue
-                try:
-                    rec = json.loads(text)
-                except (ValueError, RecursionError):
-                    rec = None
-                if not isinstance(rec, dict):
+                if rec is None:
                     # a torn last line from a kill -9, or junk: dropped
                     dropped += 1
                     self.truncate_notes.append(f"line {i}: malformed")
@@ -458,6 +454,21 @@ def _lines(f, max_line: int = MAX_LINE_BYTES, max_bytes: int | None = None):
             yield i, b"", True
             continue
         yield i, raw, False
+
+
+_BLANK: Any = object()
+
+
+def _record(raw: bytes) -> Any:
+    """One JSON-lines line: its object, None when it is not a JSON object (junk, a torn last line), or _BLANK."""
+    text = raw.decode("utf-8", errors="replace")
+    if not text.strip():
+        return _BLANK
+    try:
+        rec = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _plain(v: Any) -> Any:
@@ -585,14 +596,10 @@ def read_jsonl(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[l
             if too_long:
                 warnings.append(f"{p.name} line {i}: longer than {MAX_LINE_BYTES // 1024} KB, skipped")
                 continue
-            text = raw.decode("utf-8", errors="replace")
-            if not text.strip():
+            rec = _record(raw)
+            if rec is _BLANK:
                 continue
-            try:
-                rec = json.loads(text)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-            except (ValueError, RecursionError):
+            if rec is None:
                 if not raw.endswith(b"\n"):
                     warnings.append(f"{p.name} line {i}: partial last line (still being written?)")
                 else:
