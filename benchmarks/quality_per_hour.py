@@ -9,8 +9,8 @@
 One row per run: engine, kind, image size, samples per evaluation, training hours and kimg in all, then FID
 and KID at each mark: the value of the last evaluation at or before the mark. "—": the run trained less than
 the mark; "·": no evaluation by then (an evaluation up to 1 % past a mark counts for it: a run stopped by
-``--max-hours 3`` ends on the step that crosses 3 h). Training hours are the training wall clock with evaluation left out
-(pokelab: the cumulative ``epoch_seconds``; stylegan2-ada folders: ``Timing/sec_per_tick``); images seen are
+``--max-hours 3`` ends on the step that crosses 3 h). Training hours are the training wall clock with evaluation
+left out (pokelab: the cumulative ``epoch_seconds``; stylegan2-ada folders: ``Timing/sec_per_tick``); images seen are
 step x batch size (translation runs: source-domain images). Runs are read with the studio's reader
 (``studio.data``: the same numbers as the studio's "training hours" and "images seen" axes); runs that did not
 log what an axis needs are listed with the reason. FID depends on the number of samples (biased upwards below
@@ -52,8 +52,8 @@ def _total(run: D.Run, axis: str, m: D.XMap | None) -> float | None:
 
 def values_at(run: D.Run, m: D.XMap, metric: str, marks: list[float], total: float | None) -> list[dict[str, Any]]:
     """Per mark: {"value", "x" (the run's own x of the evaluation used), "at" (its position on the axis)} of the
-    last evaluation of ``metric`` at or before the mark (within MARK_TOLERANCE past it); {"value": None, "why": "shorter" | "none"} where the
-    run trained less than the mark or had no evaluation by then."""
+    last evaluation of ``metric`` at or before the mark (or within MARK_TOLERANCE past it); {"value": None,
+    "why": "shorter" | "none"} where the run trained less than the mark or had no evaluation by then."""
     s = run.column("evals", metric)
     pos = m(s.index.to_numpy(dtype=float)) if s is not None else None
     out = []
