@@ -26,6 +26,7 @@ class TrainConfig:
     grid_n: int = 64              # images in the fixed-latent sample grid
     augment: str | None = None    # None: the engine's default (DiffAugment; ADA for StyleGAN2)
     augment_options: dict[str, Any] = field(default_factory=dict)  # e.g. DiffAugment's policy, ADA's target
+    mirror: bool = False          # x-flip each real image with probability 1/2 (stylegan2-ada's --mirror)
     amp: bool = True              # mixed precision on CUDA (bf16, or fp16 + loss scaling)
     cpu_amp: bool = False         # bf16 autocast on a CPU (fast where the CPU has native bf16)
     device: str = "auto"          # auto | cpu | cuda | cuda:N | mps

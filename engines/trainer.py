@@ -697,6 +697,16 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _mirror(self, batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``mirror``: each real image x-flipped with probability 1/2, drawn per image and step from the torch RNG
+        the checkpoint saves (resume stays exact); the two sides of a pair flip together."""
+        shared = torch.rand(batch[0].shape[0], device=batch[0].device) < 0.5 if self.pairing is not None else None
+        out = []
+        for x in batch:
+            flip = shared if shared is not None else torch.rand(x.shape[0], device=x.device) < 0.5
+            out.append(torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x))
+        return out
+
     def _steps_per_epoch(self) -> int:
         """The same count _epoch_batches yields: unpaired domains stop at the shorter one."""
         return min(batches_per_epoch(len(im), self.cfg.batch_size, self.rank, self.world) for im in self.images)
@@ -757,6 +767,8 @@ class Trainer:
                 images_seen = 0
                 for bi in range(start, len(batches)):
                     batch = [self._batch(d, idx) for d, idx in enumerate(batches[bi])]
+                    if cfg.mirror:
+                        batch = self._mirror(batch)
                     if self.labels is not None:  # a conditional engine: the batch's labels ride along
                         batch = [batch[0], self.labels.index_select(0, batches[bi][0].to(self.labels.device))]
                     out = self.engine.train_step(batch[0] if len(batch) == 1 else tuple(batch))

@@ -1,5 +1,6 @@
 import json
 import math
+import types
 
 import pytest
 import torch
@@ -64,16 +65,18 @@ def test_epoch_indices_depend_only_on_seed_and_epoch():
     assert not set(r0.tolist()) & set(r1.tolist())
 
 
-@pytest.mark.parametrize("engine", ["dcgan", "wgan_gp"])
-@pytest.mark.parametrize("checkpoint_every", [1, 0])  # every epoch; the default time-based cadence (5 min)
-def test_resume_after_kill_is_bit_identical(tmp_path, tiny_dataset, engine, checkpoint_every):
+# checkpoint_every 1: every epoch; 0: the default time-based cadence (5 min); mirror: x-flips drawn from the RNG
+@pytest.mark.parametrize("engine,checkpoint_every,mirror", [("dcgan", 1, False), ("dcgan", 0, False),
+                                                            ("wgan_gp", 1, False), ("wgan_gp", 0, False),
+                                                            ("dcgan", 1, True)])
+def test_resume_after_kill_is_bit_identical(tmp_path, tiny_dataset, engine, checkpoint_every, mirror):
     torch.manual_seed(0)
-    ref = Trainer(engine, tiny_dataset, tmp_path / "ref", cfg(seed=5), progress=False)
+    ref = Trainer(engine, tiny_dataset, tmp_path / "ref", cfg(seed=5, mirror=mirror), progress=False)
     ref.fit()
     ref_lines = read_metrics(ref.run_dir).train
 
-    t = Trainer(engine, tiny_dataset, tmp_path / "cut", cfg(seed=5, checkpoint_every=checkpoint_every),
-                progress=False)
+    t = Trainer(engine, tiny_dataset, tmp_path / "cut", cfg(seed=5, checkpoint_every=checkpoint_every,
+                                                          mirror=mirror), progress=False)
     kill_at_step(t.engine, 13)  # mid epoch 3 (5 steps per epoch)
     with pytest.raises(Killed):
         t.fit()
@@ -144,6 +147,34 @@ def test_dataset_checks(tmp_path, tiny_dataset):
         Trainer("dcgan", tiny_dataset, tmp_path, cfg(image_size=64))
     with pytest.raises(TrainingError, match="fewer than one batch"):
         Trainer("dcgan", tiny_dataset, tmp_path, cfg(batch_size=64))
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_mirror_flips_about_half_of_the_real_images(tmp_path, tiny_dataset, mirror):
+    t = Trainer("dcgan", tiny_dataset, tmp_path, cfg(mirror=mirror, epochs=3, sample_every=0), progress=False)
+    seen = []
+    step = t.engine.train_step
+    t.engine.train_step = lambda batch: (seen.append(batch.clone()), step(batch))[1]
+    t.fit()
+    assert read_info(t.run_dir)["config"]["mirror"] is mirror
+    real = tiny_dataset.images.float() / 127.5 - 1
+    flipped = 0
+    for x in torch.cat(seen):  # every row is a training image, as it is or x-flipped
+        as_is = ((real - x).abs().amax((1, 2, 3)) < 1e-5).any()
+        mirrored = ((real.flip(3) - x).abs().amax((1, 2, 3)) < 1e-5).any()
+        assert as_is or mirrored
+        flipped += int(mirrored and not as_is)
+    assert len(seen) == 15 and (0.3 < flipped / 120 < 0.7 if mirror else flipped == 0)
+
+
+def test_mirror_flips_both_sides_of_a_pair_together():
+    a = torch.arange(2 * 64 * 3 * 4 * 4, dtype=torch.float32).view(128, 3, 4, 4)
+    torch.manual_seed(1)
+    out_a, out_b = Trainer._mirror(types.SimpleNamespace(pairing=object()), [a, a.clone()])
+    assert torch.equal(out_a, out_b) and not torch.equal(out_a, a)
+    torch.manual_seed(1)  # unpaired domains draw their own flips
+    out_a, out_b = Trainer._mirror(types.SimpleNamespace(pairing=None), [a, a.clone()])
+    assert not torch.equal(out_a, out_b)
 
 
 def test_resume_refuses_changed_dataset(tmp_path, tiny_dataset):
