@@ -10,6 +10,8 @@
         --set cpu_amp=true --set projected_gan:ngf=16 --set projected_gan:d_cout=16
     python benchmarks/train_throughput.py --checkpoint-every 1       # the old cadence: a checkpoint every epoch
     python benchmarks/train_throughput.py --augment-ops --sizes 64   # DiffAugment's ops: time and allocations
+    python benchmarks/train_throughput.py --memory-format --engines dcgan projected_gan --sizes 64 \
+        --augment diffaugment                  # an engine's step with NCHW vs channels_last (NHWC) weights
 
 Each measurement runs in its own subprocess so peak RSS belongs to that configuration alone.
 "Plain loop" = the PyTorch DCGAN example's recipe: a DataLoader over a float TensorDataset,
@@ -370,6 +372,54 @@ def augment_ops(sizes: list[int], batches: list[int], reps: int) -> None:
                       f"{mem[ref][0]:5d}/{mem[fused][0]:<5d}", flush=True)
 
 
+def memory_format(engines: list[str], sizes: list[int], batch: int | None, steps: int, reps: int,
+                  augment: str, device: str, overrides: list[str]) -> None:
+    """An engine's ``train_step`` with contiguous (NCHW) against channels_last (NHWC) weights and batches, both
+    built from the same seed in this one process and timed in alternating rounds (load changes hit both alike);
+    the median round of each. This is what ``Engine.cpu_channels_last`` is decided on."""
+    import torch
+
+    from engines.augment import build_augment
+    from engines.registry import get_engine
+
+    dev = _plain_device(device)
+    print(f"train_step img/s on {dev}, {torch.get_num_threads()} thread(s), {steps} steps x {reps} alternating "
+          f"rounds, augment {augment}" + (f", settings {' '.join(overrides)}" if overrides else ""))
+    print(f"{'engine':13s} {'size':>4s} {'batch':>5s} {'contiguous':>10s} {'channels_last':>13s} {'speed-up':>8s}")
+    for eng in engines:
+        cls = get_engine(eng)
+        if cls.conditional:
+            print(f"{eng:13s} (conditional: its steps need labels; measure it through the trainer)")
+            continue
+        for size in sizes:
+            b = batch or (4 if eng in TRANSLATION else 64)
+            cfg = bench_config(eng, size, b, None, augment, device, overrides)
+            nets, times = {}, {False: [], True: []}
+            for cl in (False, True):
+                torch.manual_seed(0)
+                nets[cl] = cls(dict(cfg.engine), size, training=True).setup(
+                    dev, amp=cfg.amp, augment=build_augment(augment), cpu_amp=cfg.cpu_amp, channels_last=cl)
+            x = synthetic(b, size).float() / 127.5 - 1
+            for r in range(reps + 1):
+                for cl in (False, True):
+                    xb = (x.contiguous(memory_format=torch.channels_last) if cl else x).to(dev)
+                    xb = (xb, xb.flip(0)) if cls.domains == 2 else xb
+                    if r == 0:  # warm-up round
+                        nets[cl].train_step(xb)
+                        continue
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    for _ in range(steps):
+                        nets[cl].train_step(xb)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    times[cl].append(b * steps / (time.perf_counter() - t0))
+            med = {cl: sorted(v)[len(v) // 2] for cl, v in times.items()}
+            print(f"{eng:13s} {size:4d} {b:5d} {med[False]:10.1f} {med[True]:13.1f} {med[True] / med[False]:7.2f}x",
+                  flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", nargs="+", default=["dcgan"])
@@ -388,7 +438,10 @@ def main() -> None:
     p.add_argument("--sample-every", type=int, default=0, help="the trainer's sample_every (0: no grids)")
     p.add_argument("--augment-ops", action="store_true",
                    help="time DiffAugment's ops (op by op vs fused) at --sizes and --batch (default 16 32 64)")
-    p.add_argument("--reps", type=int, default=30, help="repetitions per --augment-ops measurement")
+    p.add_argument("--reps", type=int, default=30, help="repetitions per --augment-ops measurement "
+                   "(rounds per --memory-format measurement: 5 unless given)")
+    p.add_argument("--memory-format", action="store_true",
+                   help="time each engine's train_step with NCHW vs channels_last weights (one process, alternating)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -399,6 +452,14 @@ def main() -> None:
 
         torch.set_num_threads(args.threads or 1)
         return augment_ops(args.sizes, [args.batch] if args.batch else [16, 32, 64], args.reps)
+    if args.memory_format:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        reps = args.reps if "--reps" in sys.argv else 5
+        return memory_format(args.engines, args.sizes, args.batch, args.steps, reps,
+                             args.augment, args.device, args.set or [])
 
     def measure(kind: str, size: int, augment: str, batch: int) -> dict:
         cmd = [sys.executable, __file__, "--one", kind, "--size", str(size), "--batch", str(batch),

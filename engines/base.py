@@ -53,6 +53,9 @@ class Engine(nn.Module):
     #: trains with labels when given them and without otherwise (stylegan2_ada, projected_gan): the trainer and
     #: the CLI accept --labels without requiring them; ``conditional`` is then the instance's (engines.labels)
     labels_optional: ClassVar[bool] = False
+    #: channels_last (NHWC) weights and batches on a CPU when the run leaves ``channels_last`` unset: True where
+    #: benchmarks/train_throughput.py measured the engine faster so (docs/decisions.md); CUDA always uses it
+    cpu_channels_last: ClassVar[bool] = False
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -79,6 +82,7 @@ class Engine(nn.Module):
         # Set by the trainer (setup()); engines read them in train_step.
         self.augment = None
         self.amp_dtype: torch.dtype | None = None
+        self.channels_last = False  # NHWC weights; the trainer then makes its batches NHWC too
         # one loss scaler per optimiser (fp16 only): an overflow in D's backward must not shrink G's scale
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         # data parallelism (set by the trainer; engines/distributed.py): processes sharing the global batch, and
@@ -93,16 +97,27 @@ class Engine(nn.Module):
             return p.device
         return torch.device("cpu")
 
+    def set_memory_format(self, channels_last: bool | None = None) -> "Engine":
+        """NHWC weights (``channels_last``; None: with CUDA, and on a CPU when ``cpu_channels_last``) or NCHW, on
+        the device the engine is on. Training (``setup``) and exports (``load_export``) decide alike, so an export
+        samples bit for bit as its run did on the same device."""
+        dev = self.device
+        self.channels_last = bool(channels_last if channels_last is not None else
+                                  dev.type == "cuda" or (dev.type == "cpu" and self.cpu_channels_last))
+        self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return self
+
     def setup(self, device: torch.device, amp: bool = False, augment=None, cpu_amp: bool = False,
-              amp_dtype: torch.dtype | None = None) -> "Engine":
+              amp_dtype: torch.dtype | None = None, channels_last: bool | None = None) -> "Engine":
         """Move to device, choose mixed precision, attach the augmentation pipeline.
 
         ``cpu_amp``: bf16 autocast on a CPU (1.5x faster for projected_gan on a CPU with AVX512-BF16;
         docs/decisions.md); no loss scaling is needed for bf16. ``amp_dtype`` forces the autocast type on any
-        device (benchmarks/gpu_check.py trains every engine under fp16 and bf16 on one GPU)."""
+        device (benchmarks/gpu_check.py trains every engine under fp16 and bf16 on one GPU). ``channels_last``:
+        NHWC weights (None: with CUDA, and on a CPU when ``cpu_channels_last``)."""
         self.to(device)
+        self.set_memory_format(channels_last)
         if device.type == "cuda":
-            self.to(memory_format=torch.channels_last)
             # fixed shapes every step: let cuDNN pick its fastest kernels once (the references do the same)
             torch.backends.cudnn.benchmark = True
         self.augment = augment

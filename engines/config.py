@@ -29,6 +29,8 @@ class TrainConfig:
     mirror: bool = False          # x-flip each real image with probability 1/2 (stylegan2-ada's --mirror)
     amp: bool = True              # mixed precision on CUDA (bf16, or fp16 + loss scaling)
     cpu_amp: bool = False         # bf16 autocast on a CPU (fast where the CPU has native bf16)
+    channels_last: bool | None = None  # NHWC weights and batches; None: with CUDA, and on a CPU for the engines
+    #                               measured faster so (Engine.cpu_channels_last; docs/decisions.md)
     device: str = "auto"          # auto | cpu | cuda | cuda:N | mps
     background: str = "white"     # alpha flattening when the data is prepared on the fly
     nan_policy: str = "rollback"  # rollback (to the last checkpoint with a lower lr) | stop
@@ -61,6 +63,8 @@ class TrainConfig:
             raise ValueError("nan_lr_factor must be in (0, 1]")
         if int(self.batch_gpu) < 0:
             raise ValueError("batch_gpu must be >= 0 (0: no gradient accumulation)")
+        if self.channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be true, false or null (auto), not {self.channels_last!r}")
         if str(self.dist_backend).lower() not in ("auto", "nccl", "gloo"):
             raise ValueError(f"dist_backend must be auto, nccl or gloo, not {self.dist_backend!r}")
         return self

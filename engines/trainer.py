@@ -322,7 +322,8 @@ class Trainer:
         self.cfg.engine = dict(self.engine.config)  # record the fully resolved engine config
         aug_name = self.cfg.augment or self.engine_cls.default_augment
         augment = build_augment(aug_name, **(self.cfg.augment_options or {}))
-        self.engine.setup(self.device, amp=self.cfg.amp, augment=augment, cpu_amp=self.cfg.cpu_amp)
+        self.engine.setup(self.device, amp=self.cfg.amp, augment=augment, cpu_amp=self.cfg.cpu_amp,
+                          channels_last=self.cfg.channels_last)
         # upscaling engines: a seeded held-out split stays out of training, for their metrics and grids
         self.heldout = None
         if self.engine_cls.kind == "upscale":
@@ -437,6 +438,7 @@ class Trainer:
                                 "micro_batches": self.batch_rounds, "synced_batchnorms": self.synced_batchnorms}}
                if self.dist.active else {}),
             "amp": str(self.engine.amp_dtype).replace("torch.", "") if self.engine.amp_dtype else None,
+            "memory_format": "channels_last" if self.engine.channels_last else "contiguous",
             **({"engine_info": info} if (info := self.engine.run_info()) else {}),
             **({"pairing": self.pairing.record()} if self.pairing is not None else {}),
             **self.extra_info,
@@ -693,7 +695,7 @@ class Trainer:
     def _batch(self, domain: int, idx: torch.Tensor) -> torch.Tensor:
         # index_select, not images[idx]: the same rows, ~3x faster than advanced indexing on a CPU
         x = from_uint8(self.images[domain].index_select(0, idx.to(self.images[domain].device)))
-        if self.device.type == "cuda":
+        if self.engine.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 

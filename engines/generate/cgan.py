@@ -97,6 +97,7 @@ class ConcatDiscriminator(nn.Module):
 class CGAN(ConditionalEngine, DCGAN):
     """class-conditional DCGAN: projection discriminator + conditional batch norm (or concatenation)"""
     name = "cgan"
+    cpu_channels_last = False  # not measured (DCGAN's is): benchmarks/train_throughput.py --memory-format needs labels
     protocol_notes = ("projection discriminator (Miyato & Koyama 2018) with spectral norm and the hinge loss as in "
                       "the paper; G and D otherwise DCGAN's, one D step per G step with the protocol's Adam "
                       "(2e-4, betas 0.5/0.999) where the reference uses n_dis=5 and betas (0, 0.9)")

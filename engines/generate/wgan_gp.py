@@ -28,6 +28,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
 @register
 class WGANGP(Engine):
     name = "wgan_gp"
+    cpu_channels_last = True  # its step 1.04x faster on this CPU (docs/decisions.md)
     protocol_notes = "Adam betas (0.0, 0.9), lambda=10, n_critic=5 as in Gulrajani et al.; lr 2e-4 from the protocol"
 
     @classmethod

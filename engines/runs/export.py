@@ -193,5 +193,5 @@ def load_export(path: str | os.PathLike, device: str | torch.device | None = Non
     engine.export_info = cfg
     engine.export_path = str(d)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    engine.to(dev).eval()
+    engine.to(dev).set_memory_format().eval()
     return engine

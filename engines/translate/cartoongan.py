@@ -313,9 +313,8 @@ class CartoonGAN(TranslationEngine):
                 "dilation": int(c["edge_dilation"]), "blur_kernel": int(c["edge_blur_kernel"]),
                 "blur_sigma": float(c["edge_blur_sigma"]), "hysteresis_iters": int(c["edge_hysteresis_iters"])}
 
-    def setup(self, device: torch.device, amp: bool = False, augment=None, cpu_amp: bool = False,
-              amp_dtype: torch.dtype | None = None) -> "CartoonGAN":
-        super().setup(device, amp, augment, cpu_amp, amp_dtype)
+    def setup(self, device: torch.device, *args, **kwargs) -> "CartoonGAN":
+        super().setup(device, *args, **kwargs)
         if self.training_mode:
             get_vgg_content(self.device)  # fail at start-up, not at the first step, when the weights are missing
         return self

@@ -104,6 +104,7 @@ class SRGAN(UpscaleEngine):
     """SRGAN: SRResNet generator (MSE pre-training), VGG perceptual + adversarial loss (x4 super-resolution)."""
 
     name = "srgan"
+    cpu_channels_last = True  # its step 1.20x faster on this CPU (docs/decisions.md)
     protocol_notes = (
         "content loss on VGG16 relu5_3 (torchvision ImageNet weights) instead of the paper's VGG19 phi_5,4, the "
         "only ImageNet VGG available offline; pictures in [-1, 1] on both sides (the paper feeds LR in [0, 1]); "
