@@ -438,8 +438,8 @@ def main() -> None:
     p.add_argument("--sample-every", type=int, default=0, help="the trainer's sample_every (0: no grids)")
     p.add_argument("--augment-ops", action="store_true",
                    help="time DiffAugment's ops (op by op vs fused) at --sizes and --batch (default 16 32 64)")
-    p.add_argument("--reps", type=int, default=30, help="repetitions per --augment-ops measurement "
-                   "(rounds per --memory-format measurement: 5 unless given)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="repetitions per --augment-ops measurement (default 30); rounds per --memory-format one (5)")
     p.add_argument("--memory-format", action="store_true",
                    help="time each engine's train_step with NCHW vs channels_last weights (one process, alternating)")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -451,14 +451,13 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads or 1)
-        return augment_ops(args.sizes, [args.batch] if args.batch else [16, 32, 64], args.reps)
+        return augment_ops(args.sizes, [args.batch] if args.batch else [16, 32, 64], args.reps or 30)
     if args.memory_format:
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        reps = args.reps if "--reps" in sys.argv else 5
-        return memory_format(args.engines, args.sizes, args.batch, args.steps, reps,
+        return memory_format(args.engines, args.sizes, args.batch, args.steps, args.reps or 5,
                              args.augment, args.device, args.set or [])
 
     def measure(kind: str, size: int, augment: str, batch: int) -> dict:

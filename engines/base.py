@@ -114,7 +114,7 @@ class Engine(nn.Module):
         ``cpu_amp``: bf16 autocast on a CPU (1.5x faster for projected_gan on a CPU with AVX512-BF16;
         docs/decisions.md); no loss scaling is needed for bf16. ``amp_dtype`` forces the autocast type on any
         device (benchmarks/gpu_check.py trains every engine under fp16 and bf16 on one GPU). ``channels_last``:
-        NHWC weights (None: with CUDA, and on a CPU when ``cpu_channels_last``)."""
+        the memory layout (``set_memory_format``)."""
         self.to(device)
         self.set_memory_format(channels_last)
         if device.type == "cuda":

@@ -149,7 +149,7 @@ def d_accuracy(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> tuple[t
 @register
 class DCGAN(Engine):
     name = "dcgan"
-    cpu_channels_last = True  # its step 1.12x faster on this CPU (docs/decisions.md)
+    cpu_channels_last = True  # its step 1.09x faster on this CPU (docs/decisions.md)
 
     @classmethod
     def default_config(cls):
