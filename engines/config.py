@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+#: the evaluation numbers RUN/best/ may follow: lower is better in both (the projected-gan reference keeps the
+#: lowest-FID snapshot; KID is the default here because it is unbiased at the cadence's small sample counts)
+BEST_METRICS = ("kid", "fid", "")
+
+
 @dataclass
 class TrainConfig:
     # shared protocol (DESIGN.md): 128 px, batch 64, 1000 epochs, grids every 10, FID every 10
@@ -19,6 +24,7 @@ class TrainConfig:
     eval_n: int = 2000            # generated samples per evaluation
     eval_metrics: str = "fid,kid,ms_ssim"
     eval_budget: float = 0.15     # off CUDA: most of a run's time evaluation may take (0: off; eval_cadence.py)
+    best_metric: str = "kid"      # keep RUN/best/: the export of the evaluation lowest in it (fid | kid | "": off)
     checkpoint_every: int = 0     # epochs; 0: by time (checkpoint_minutes). Always also at epoch 0, at the end,
     #                               on SIGINT/SIGTERM and after a NaN rollback (docs/training.md)
     checkpoint_minutes: float = 5.0  # checkpoint_every=0: at the first epoch end this long after the last checkpoint
@@ -63,6 +69,11 @@ class TrainConfig:
             raise ValueError("nan_lr_factor must be in (0, 1]")
         if int(self.batch_gpu) < 0:
             raise ValueError("batch_gpu must be >= 0 (0: no gradient accumulation)")
+        if self.best_metric is None:  # --set best_metric=none
+            self.best_metric = ""
+        if self.best_metric not in BEST_METRICS:
+            raise ValueError(f"best_metric must be one of {', '.join(repr(m) for m in BEST_METRICS)} ('': keep no "
+                             f"best export), not {self.best_metric!r}")
         if self.channels_last not in (None, True, False):
             raise ValueError(f"channels_last must be true, false or null (auto), not {self.channels_last!r}")
         if str(self.dist_backend).lower() not in ("auto", "nccl", "gloo"):
@@ -86,8 +97,8 @@ class TrainConfig:
 
 #: what ``pokelab train --resume RUN --set KEY=VALUE`` may change: when and how a run is looked at and saved,
 #: never what it trains (a different lr, batch or network would break the exact resume: that is a new run)
-RESUME_SETTINGS = ("sample_every", "eval_every", "eval_n", "eval_metrics", "eval_budget", "checkpoint_every",
-                   "checkpoint_minutes", "tensorboard")
+RESUME_SETTINGS = ("sample_every", "eval_every", "eval_n", "eval_metrics", "eval_budget", "best_metric",
+                   "checkpoint_every", "checkpoint_minutes", "tensorboard")
 
 
 def apply_resume_overrides(cfg: TrainConfig, pairs: list[str]) -> list[str]:

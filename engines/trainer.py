@@ -36,13 +36,13 @@ from .augment import build_augment
 from . import distributed
 from .config import TrainConfig, apply_resume_overrides, mark_explicit
 from .eval_cadence import EvalCadence, explicit_from_info, probe_eval_seconds
-from .runs.export import save_export
+from .runs.export import ExportError, read_export_config, save_export
 from .data.images import from_uint8, save_grid
 from .logsinks import LogSinks, check_available as check_sinks
 from .registry import get_engine
 from .runs.folder import (RunFormatError, RunLock, RunWriter, atomic_write_bytes, check_info, check_run_files,
-                          checkpoint_path, clean_orphans, create_run_dir, export_dir, make_run_id, read_info,
-                          sample_path)
+                          best_dir, checkpoint_path, clean_orphans, create_run_dir, export_dir, make_run_id, read_info,
+                          replace_best, sample_path)
 
 CHECKPOINT_VERSION = 1
 #: run.json's progress fields (epoch, step, wall_seconds) are rewritten at most this often, and at every checkpoint,
@@ -494,7 +494,7 @@ class Trainer:
                 cfg.engine = engine_cls.resolve_config(cfg.engine)
             except (ValueError, TypeError) as e:
                 raise RunFormatError(f"{where}: config.engine: {e}") from None
-            from .runs.export import ExportError, check_engine_size
+            from .runs.export import check_engine_size
 
             try:
                 check_engine_size(engine_cls, cfg.engine, cfg.image_size, training=True)
@@ -890,7 +890,7 @@ class Trainer:
         evaluated = self.eval_plan.due(epoch, last, self.wall_seconds) and (
             self.is_main or self._evaluates_together())
         if evaluated:
-            self.evaluate(epoch)
+            self._keep_best(epoch, self.evaluate(epoch))
         checkpointed = distributed.main_decides(self._checkpoint_due(epoch, last))  # rank 0's clock for all
         if checkpointed:
             self.save_checkpoint()
@@ -952,16 +952,53 @@ class Trainer:
                 for name, t in extra(real).items():
                     save_grid(t, self.run_dir / "samples" / f"{name}_epoch_{epoch:06d}.png", nrow=8)
 
-    def export(self) -> None:
+    def export(self, folder: Path | None = None, **trained: Any) -> None:
+        """Write the sampling nets to export/ (or ``folder``), with what they were trained on (and ``trained``)."""
         if not self.is_main:
             return
-        save_export(self.engine, export_dir(self.run_dir), trained={
+        save_export(self.engine, folder or export_dir(self.run_dir), trained={
             "run_id": self.run_dir.name, "epochs": self.epoch, "steps": self.step,
             "dataset": self._dataset_info(self.datasets[-1]), "image_size": self.cfg.image_size,
             "batch_size": self.cfg.batch_size, "device": str(self.device),
             **({"source_dataset": self._dataset_info(self.datasets[0])} if len(self.datasets) > 1 else {}),
             **({"pairing": self.pairing.record()} if self.pairing is not None else {}),
+            **trained,
         })
+
+    def _recorded_best(self) -> dict[str, Any] | None:
+        """best/'s record ({"metric", "value", "epoch", ...}) when it follows the current best_metric; a missing,
+        unreadable or other-metric best/ is no record (the next evaluation replaces it)."""
+        try:
+            rec = read_export_config(best_dir(self.run_dir)).get("trained", {}).get("best")
+        except (ExportError, OSError):
+            return None
+        if (isinstance(rec, dict) and rec.get("metric") == self.cfg.best_metric
+                and isinstance(rec.get("value"), (int, float)) and math.isfinite(rec["value"])):
+            return rec
+        return None
+
+    def _keep_best(self, epoch: int, res: dict[str, float] | None) -> None:
+        """After an evaluation: when it is the lowest best_metric yet and not flagged collapsed, its weights
+        replace best/ (the projected-gan reference's best_model.pkl). A resumed run compares with best/'s record,
+        so an exact resume re-evaluating an epoch already in best/ leaves it as it is."""
+        metric = self.cfg.best_metric
+        if not (self.is_main and metric and res) or not isinstance(res.get(metric), (int, float)):
+            return
+        value = float(res[metric])
+        if not math.isfinite(value) or res.get("collapse", 0.0) >= 0.5:
+            return
+        prev = self._recorded_best()
+        if prev is not None and value >= prev["value"]:
+            return
+        rec = {"metric": metric, "value": value, "epoch": epoch, "step": self.step,
+               "hours": round(self.wall_seconds / 3600, 4), "kimg": round(self.step * self.cfg.batch_size / 1000, 3),
+               "eval_n": int(res.get("eval_n", self.eval_plan.eval_n))}
+        replace_best(self.run_dir, lambda folder: self.export(folder, best=rec))
+        self.writer.update_info(best=rec)
+        text = (f"best {metric} so far ({value:.4g} at epoch {epoch}" +
+                (f", was {prev['value']:.4g} at epoch {prev['epoch']}" if prev else "") + "): written to best/")
+        self.writer.log("event", epoch, self.step, event="best", message=text)
+        self.writer.append_log(text)
 
     def _evaluates_together(self) -> bool:
         """Generators are evaluated by every rank of a torchrun job (each its share of the samples); the other

@@ -6,6 +6,7 @@ runs/<run-id>/
   samples/epoch_000010.png
   checkpoints/last.pt
   export/           model.safetensors + config.json
+  best/             the same, of the evaluation with the lowest best_metric (KID by default)
   log.txt
 
 No torch import here: the studio reads runs with this module and never imports training code.
@@ -49,8 +50,11 @@ MAX_LINE_BYTES = 2**20
 MAX_COUNTER = 10**15
 #: the files and folders a trainer writes, checked before a trainer takes a run (never links, right type)
 RUN_FILES = ("run.json", "metrics.jsonl", "log.txt", LOCK_NAME, "checkpoints/last.pt", "export/config.json",
-             "export/model.safetensors", "progress.gif")
-RUN_DIRS = ("checkpoints", "export", "samples")
+             "export/model.safetensors", "best/config.json", "best/model.safetensors", "progress.gif")
+RUN_DIRS = ("checkpoints", "export", "best", "samples")
+#: best/ is replaced as a whole (the weights and the config naming their evaluation must never mix): the new
+#: export is written to .best.new/, the old one moved to .best.old/, the new one renamed into place
+BEST_DIR, BEST_NEW, BEST_OLD = "best", ".best.new", ".best.old"
 #: the atomic writer's temp files (``.<name>.<random>.tmp``): orphans of a kill -9 (clean_orphans)
 TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
@@ -194,6 +198,63 @@ def export_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "export"
 
 
+def best_dir(run_dir: str | os.PathLike) -> Path:
+    """The export of the run's best evaluation so far (the trainer's ``best_metric``; docs/run-format.md)."""
+    return Path(run_dir) / BEST_DIR
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a folder the trainer made (never a link: rmtree refuses one at the top and unlinks those inside)."""
+    import shutil
+
+    if _is_real_dir(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def replace_best(run_dir: str | os.PathLike, write) -> Path:
+    """Replace best/ as a whole: ``write(folder)`` fills .best.new/, which then takes best/'s place; a crash at
+    any point leaves either the old or the new export complete (recover_best puts it back on the next open).
+    Call it only while holding the run's lock."""
+    run_dir = Path(run_dir)
+    new, old, dest = run_dir / BEST_NEW, run_dir / BEST_OLD, best_dir(run_dir)
+    _remove_tree(new)
+    write(new)
+    _remove_tree(old)
+    if _is_real_dir(dest):
+        os.rename(dest, old)
+    os.rename(new, dest)
+    _remove_tree(old)
+    return dest
+
+
+def recover_best(run_dir: str | os.PathLike) -> list[str]:
+    """Finish or undo a replace_best that a kill -9 cut short: a complete .best.new/ wins when best/ is gone,
+    else the old export goes back; the leftovers are removed. Returns what was done, in words."""
+    run_dir = Path(run_dir)
+    new, old, dest = run_dir / BEST_NEW, run_dir / BEST_OLD, best_dir(run_dir)
+    done = []
+    if not os.path.lexists(dest):
+        for cand in (new, old):
+            if _is_real_dir(cand) and all((cand / f).is_file() for f in ("config.json", "model.safetensors")):
+                os.rename(cand, dest)
+                done.append(f"{BEST_DIR}/ restored from {cand.name}/")
+                break
+    for leftover in (new, old):
+        if os.path.lexists(leftover):
+            _remove_tree(leftover)
+            done.append(f"removed {leftover.name}/")
+    return done
+
+
 def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / "run.json").is_file()
 
@@ -297,10 +358,11 @@ def check_run_files(run_dir: str | os.PathLike) -> None:
 
 def clean_orphans(run_dir: str | os.PathLike) -> list[str]:
     """Remove the atomic writer's temp files (``.last.pt.<random>.tmp``, ``.model.safetensors.<random>.tmp``,
-    ...) that a ``kill -9`` left behind. Call it only while holding the run's lock (no writer is running).
+    ...) that a ``kill -9`` left behind, and finish a best/ replacement it cut short (recover_best). Call it only
+    while holding the run's lock (no writer is running).
     Returns what was removed (paths relative to the run)."""
     run_dir = Path(run_dir)
-    removed = []
+    removed = recover_best(run_dir)  # a best/ replacement cut short
     for sub in ("", *RUN_DIRS):
         d = run_dir / sub if sub else run_dir
         try:
