@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a trainer or engine setting, e.g. --set lr=1e-4 --set eval_every=0; with "
-                        "--resume only the evaluation, sample and checkpoint cadence (e.g. --set eval_every=40)")
+                        "--resume only the evaluation, sample and checkpoint cadence and best_metric "
+                        "(e.g. --set eval_every=40)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--labels", metavar="FILE",
                    help="conditional engines: per-image labels, a CSV with an id or file column (matched to the "

@@ -194,3 +194,9 @@ def test_eval_of_a_run_measures_what_the_trainer_measured(tmp_path, capsys):
     assert _eval([str(run), "--n", "10", "--metrics", "fid", "--json", "--background", "white", "--seed", "0"]) == 0
     other = json.loads(capsys.readouterr().out)
     assert other["background"] == "white" and other["metrics"]["fid"] != pytest.approx(logged["fid"], rel=1e-3)
+    # the run's best/ (here the one evaluation, epoch 1) is measured as its run measures: its seed, its data
+    assert read_info(run)["best"]["epoch"] == 1
+    assert _eval([str(run / "best"), "--n", "10", "--metrics", "fid,kid", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["seed"] == 3 + 1_000_000 and best["background"] == "black" and best["export_epoch"] == 1
+    assert best["metrics"]["fid"] == pytest.approx(logged["fid"], rel=1e-6)

@@ -112,14 +112,17 @@ def _removal_options(rec: dict | None) -> dict:
 def _training_facts(target: Path, export_cfg: dict | None) -> dict:
     """What the trainer's evaluation used, from run.json (a run) or the export's training facts: the dataset
     records (the target set last), the evaluation seed, the device and precision, the export's epoch."""
-    from ..runs.folder import is_run_dir, read_info
+    from ..runs.folder import BEST_DIR, is_run_dir, read_info
 
     trained = (export_cfg or {}).get("trained") or {}
     facts: dict = {"datasets": [r for r in (trained.get("source_dataset"), trained.get("dataset")) if r],
                    "seed": None, "device": trained.get("device"), "amp": None,
                    "export_epoch": trained.get("epochs"), "export_step": trained.get("steps")}
-    if is_run_dir(target):
-        info = read_info(target)
+    # a run's best/ (the trainer's best_metric export) is measured as its run measured it: the same seed and data
+    run = target if is_run_dir(target) else (target.parent if target.name == BEST_DIR and is_run_dir(target.parent)
+                                             else None)
+    if run is not None:
+        info = read_info(run)
         rec = info.get("dataset")
         if rec:
             facts["datasets"] = rec if isinstance(rec, list) else [rec]
@@ -128,7 +131,8 @@ def _training_facts(target: Path, export_cfg: dict | None) -> dict:
             facts["seed"] = int(cfg["seed"]) + EVAL_SEED_OFFSET
         facts["device"] = info.get("device") or facts["device"]
         facts["amp"] = info.get("amp")
-        facts["run_epoch"], facts["run_step"] = info.get("epoch"), info.get("step")
+        if run == target:  # best/ is older than the run by design: no "the export is behind" warning
+            facts["run_epoch"], facts["run_step"] = info.get("epoch"), info.get("step")
     return facts
 
 
