@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engines.runs.export import ExportError, read_export_config, resolve_export_dir
-from engines.runs.folder import RunFormatError, is_run_dir, read_info, read_metrics
+from engines.runs.folder import BEST_DIR, RunFormatError, is_run_dir, read_info, read_metrics
 
 from .appconfig import REPO_ROOT
 from .inputs import AppInputError
@@ -172,7 +172,7 @@ def find_run_dir(export_dir: Path, run_id: Any, roots: Iterable[Path] = ()) -> t
     if rid is not None and (Path(rid).name != rid or rid in (".", "..")):
         rid = None                     # a recorded id that is a path: never follow it
     cands: list[Path] = []
-    if export_dir.name == "export":
+    if export_dir.name in ("export", BEST_DIR):
         cands.append(export_dir.parent)
     if rid:
         for r in roots:
@@ -195,9 +195,12 @@ def find_run_dir(export_dir: Path, run_id: Any, roots: Iterable[Path] = ()) -> t
     return None, why
 
 
-def read_quality(run_dir: Path | None, problem: str = "no run folder with metrics found") -> Quality:
+def read_quality(run_dir: Path | None, problem: str = "no run folder with metrics found",
+                 best_epoch: int | None = None) -> Quality:
     """The last evaluation of a run (``engines.runs.folder.read_metrics``: malformed and partial lines are skipped
-    with a warning, never an error). Never raises: an unreadable log gives 'not evaluated' with the reason."""
+    with a warning, never an error). Never raises: an unreadable log gives 'not evaluated' with the reason.
+    ``best_epoch``: the quality of the run's best/ (from that epoch): its own ``pokelab eval RUN/best --log``
+    line when there is one, else the trainer's evaluation that chose it."""
     if run_dir is None:
         return Quality.missing(problem)
     if not (Path(run_dir) / "metrics.jsonl").is_file():
@@ -207,6 +210,12 @@ def read_quality(run_dir: Path | None, problem: str = "no run folder with metric
     except OSError as e:
         return Quality.missing(f"metrics.jsonl unreadable ({e.strerror or e})", run_dir)
     warnings = tuple(m.warnings)
+    if best_epoch is not None:
+        at = [r for r in m.best_eval if r.get("epoch") == best_epoch] or \
+             [r for r in m.eval if r.get("epoch") == best_epoch and "eval_by" not in r]
+        if not at:
+            return Quality.missing(f"no evaluation of best/ (epoch {best_epoch}) logged", run_dir, warnings)
+        return Quality.from_eval(at[-1], Path(run_dir), len(at), warnings)
     if not m.eval:
         return Quality.missing("no evaluation logged", run_dir, warnings)
     return Quality.from_eval(m.eval[-1], Path(run_dir), len(m.eval), warnings)
@@ -379,7 +388,9 @@ class ExportCatalog:
         runs = root / "runs"
         if runs.is_dir():
             out += sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return out
+        # each run's best/ (the trainer's best_metric export) after the run's own export
+        return [c for cand in out for c in (cand, cand / BEST_DIR)
+                if c is cand or (is_run_dir(cand) and (c / "config.json").is_file())]
 
     def scan(self) -> None:
         entries: dict[str, ExportEntry] = {}
@@ -413,12 +424,14 @@ class ExportCatalog:
                 seen_paths.add(d)
                 if ident[0]:
                     seen_runs.add(ident)
-                name = d.parent.name if d.name == "export" else d.name
+                best = d.name == BEST_DIR and is_run_dir(d.parent)
+                name = d.parent.name if d.name == "export" else f"{d.parent.name}-best" if best else d.name
                 key, i = name, 2
                 while key in entries:
                     key, i = f"{name}-{i}", i + 1
                 run_dir, why = find_run_dir(d, trained.get("run_id"), self.roots)
-                entries[key] = ExportEntry(key, d, cfg, read_quality(run_dir, why), tuple(self.roots))
+                best_epoch = trained.get("epochs") if best and isinstance(trained.get("best"), dict) else None
+                entries[key] = ExportEntry(key, d, cfg, read_quality(run_dir, why, best_epoch), tuple(self.roots))
         with self._lock:
             self.entries = entries
             self.problems = problems

@@ -159,3 +159,34 @@ def test_best_links_are_refused_and_never_followed(tmp_path):
     (run / "best").symlink_to(outside)
     with pytest.raises(RunFormatError, match="best/ is a symbolic link"):
         check_run_files(run)
+
+
+def test_the_app_lists_best_beside_the_run_with_its_own_quality(tmp_path, tiny_dataset, monkeypatch):
+    from app.exports import ExportCatalog
+    from engines.runs.folder import RunWriter
+
+    scripted_evaluation(monkeypatch, {1: (0.5, 0.0), 2: (0.3, 0.0), 3: (0.4, 0.0), 4: (0.35, 0.0)})
+    run = Trainer("dcgan", tiny_dataset, tmp_path / "runs", cfg(), progress=False).fit()
+    cat = ExportCatalog([tmp_path])
+    main, best = cat.entries[run.name], cat.entries[f"{run.name}-best"]
+    assert best.path == best_dir(run).resolve()
+    assert (main.quality.epoch, main.quality.kid) == (4, 0.35)   # the run's last evaluation, as before
+    assert (best.quality.epoch, best.quality.kid) == (2, 0.3)    # the evaluation that chose best/
+    assert [e.key for e in cat.listed()] == [best.key, main.key]  # lowest KID first
+    # `pokelab eval RUN/best --log` (2000 samples, at best/'s epoch) becomes best/'s quality, not the run's
+    RunWriter(run).log("eval", 2, 10, kid=0.28, fid=61.0, eval_n=2000, collapse=0.0, eval_by="pokelab eval",
+                       export="best")
+    m = read_metrics(run)
+    assert [r["epoch"] for r in m.eval] == [1, 2, 3, 4] and [r["kid"] for r in m.best_eval] == [0.28]
+    cat.scan()
+    main, best = cat.entries[run.name], cat.entries[f"{run.name}-best"]
+    assert (best.quality.kid, best.quality.eval_n) == (0.28, 2000) and main.quality.kid == 0.35
+
+
+def test_the_app_lists_best_once_when_it_is_the_last_epoch(tmp_path, tiny_dataset, monkeypatch):
+    from app.exports import ExportCatalog
+
+    scripted_evaluation(monkeypatch, {1: (0.5, 0.0), 2: (0.3, 0.0)})
+    run = Trainer("dcgan", tiny_dataset, tmp_path / "runs", cfg(epochs=2, sample_every=1), progress=False).fit()
+    assert best_record(run)["epoch"] == 2
+    assert list(ExportCatalog([tmp_path]).entries) == [run.name]  # the same weights as export/: one entry

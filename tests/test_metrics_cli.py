@@ -200,3 +200,10 @@ def test_eval_of_a_run_measures_what_the_trainer_measured(tmp_path, capsys):
     best = json.loads(capsys.readouterr().out)
     assert best["seed"] == 3 + 1_000_000 and best["background"] == "black" and best["export_epoch"] == 1
     assert best["metrics"]["fid"] == pytest.approx(logged["fid"], rel=1e-6)
+    # --log on best/: a line of its own at best/'s epoch, kept out of the run's own evaluations
+    assert _eval([str(run / "best"), "--n", "10", "--metrics", "fid,kid", "--json", "--log"]) == 0
+    capsys.readouterr()
+    m = read_metrics(run)
+    assert m.eval[-1] == logged and len(m.best_eval) == 1
+    assert (m.best_eval[0]["export"], m.best_eval[0]["epoch"]) == ("best", 1)
+    assert "pokelab eval of best/" in (run / "log.txt").read_text()

@@ -57,7 +57,8 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log", action="store_true",
                    help="TARGET is a run: append the result to its metrics.jsonl as an evaluation at the run's last "
                         "epoch (e.g. the 2000-sample figure of a run trained with a smaller eval_n), so the studio "
-                        "and the app show it")
+                        "and the app show it; TARGET RUN/best: as the evaluation of best/ (at its epoch, kept "
+                        "apart from the run's own)")
     p.set_defaults(func=run_eval)
     return p
 
@@ -198,13 +199,20 @@ def run_eval(args) -> int:
         raise FileNotFoundError(f"--against {against}: no such file or folder")
     if args.source and not translating:
         raise ValueError("--source is for translation runs and exports (the pictures to translate)")
+    log_run = None  # --log: the run whose metrics.jsonl gets the line (RUN, or RUN/best's RUN)
     if args.log:
-        from ..runs.folder import is_run_dir, read_info
+        from ..runs.folder import BEST_DIR, is_run_dir, read_info
 
-        if not (is_model and is_run_dir(target)):
-            raise ValueError("--log needs a run folder as TARGET (its metrics.jsonl gets the evaluation)")
-        if read_info(target).get("status") == "running":
-            raise ValueError(f"{target} is still training (status 'running'); log an evaluation when it has stopped")
+        if is_model and is_run_dir(target):
+            log_run = target
+        elif is_model and target.name == BEST_DIR and is_run_dir(target.parent):
+            log_run = target.parent
+        else:
+            raise ValueError("--log needs a run folder (or its best/) as TARGET (its metrics.jsonl gets the "
+                             "evaluation)")
+        if read_info(log_run).get("status") == "running":
+            raise ValueError(f"{log_run} is still training (status 'running'); log an evaluation when it has "
+                             "stopped")
     if args.n < 2:
         raise ValueError("--n must be at least 2")
     if args.batch_size < 1:
@@ -294,8 +302,8 @@ def run_eval(args) -> int:
             raise ValueError(f"{target}: neither a run, an export, nor a folder of images")
     info["real_images"] = int(len(real.images))
     notes = list(dict.fromkeys(str(w.message) for w in caught))
-    if args.log:
-        _log_to_run(target, res, seed, facts, notes)
+    if log_run is not None:
+        _log_to_run(log_run, res, seed, facts, notes, best=log_run != target)
     nov = details.get("novelty")
     if args.json:
         out = {**info, "metrics": res, "warnings": notes}
@@ -333,16 +341,19 @@ def _with_labels(real, rec: dict | None):
         return real
 
 
-def _log_to_run(run_dir: Path, res: dict, seed: int, facts: dict, notes: list[str]) -> None:
-    """One "eval" line at the epoch/step of the export it measured, marked as coming from ``pokelab eval``."""
-    from ..runs.folder import RunWriter, read_info
+def _log_to_run(run_dir: Path, res: dict, seed: int, facts: dict, notes: list[str], best: bool = False) -> None:
+    """One "eval" line at the epoch/step of the export it measured, marked as coming from ``pokelab eval``;
+    ``best``: it measured RUN/best (``"export": "best"``: readers keep it apart from the run's own line)."""
+    from ..runs.folder import BEST_DIR, RunWriter, read_info
 
     info = read_info(run_dir)
     epoch = facts.get("export_epoch") if facts.get("export_epoch") is not None else info.get("epoch")
     step = facts.get("export_step") if facts.get("export_step") is not None else info.get("step")
     writer = RunWriter(run_dir)
-    line = writer.log("eval", int(epoch or 0), int(step or 0), **res, eval_by="pokelab eval", eval_seed=int(seed))
-    writer.append_log(f"pokelab eval (n={int(res.get('eval_n', 0))}, seed {seed}) at epoch {line['epoch']}: "
+    line = writer.log("eval", int(epoch or 0), int(step or 0), **res, eval_by="pokelab eval", eval_seed=int(seed),
+                      **({"export": BEST_DIR} if best else {}))
+    writer.append_log(f"pokelab eval {'of best/ ' if best else ''}(n={int(res.get('eval_n', 0))}, seed {seed}) at "
+                      f"epoch {line['epoch']}: "
                       + ", ".join(f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
     for msg in notes:
         writer.append_log(f"warning: {msg}")

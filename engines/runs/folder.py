@@ -549,7 +549,8 @@ def _now_iso() -> str:
 @dataclass
 class Metrics:
     train: list[dict[str, Any]] = field(default_factory=list)
-    eval: list[dict[str, Any]] = field(default_factory=list)
+    eval: list[dict[str, Any]] = field(default_factory=list)  # of the run's model at that epoch (export/'s line)
+    best_eval: list[dict[str, Any]] = field(default_factory=list)  # `pokelab eval RUN/best --log`: of best/ alone
     events: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -688,6 +689,9 @@ def read_metrics(run_dir: str | os.PathLike, max_bytes: int | None = None) -> Me
     records, m.warnings = read_jsonl(p, max_bytes=max_bytes)
     for rec in records:
         kind = rec.get("kind", "train")
+        if kind == "eval" and rec.get("export") == BEST_DIR:  # kept out of the run's own trend and last value
+            m.best_eval.append(rec)
+            continue
         {"train": m.train, "eval": m.eval}.get(kind, m.events).append(rec)
     return m
 
