@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engines.runs.export import ExportError, read_export_config, resolve_export_dir
-from engines.runs.folder import BEST_DIR, RunFormatError, is_run_dir, read_info, read_metrics
+from engines.runs.folder import BEST_DIR, RunFormatError, best_dir, is_run_dir, read_info, read_metrics, run_of_best
 
 from .appconfig import REPO_ROOT
 from .inputs import AppInputError
@@ -389,8 +389,12 @@ class ExportCatalog:
         if runs.is_dir():
             out += sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
         # each run's best/ (the trainer's best_metric export) after the run's own export
-        return [c for cand in out for c in (cand, cand / BEST_DIR)
-                if c is cand or (is_run_dir(cand) and (c / "config.json").is_file())]
+        with_best = []
+        for cand in out:
+            with_best.append(cand)
+            if is_run_dir(cand) and (best_dir(cand) / "config.json").is_file():
+                with_best.append(best_dir(cand))
+        return with_best
 
     def scan(self) -> None:
         entries: dict[str, ExportEntry] = {}
@@ -424,7 +428,7 @@ class ExportCatalog:
                 seen_paths.add(d)
                 if ident[0]:
                     seen_runs.add(ident)
-                best = d.name == BEST_DIR and is_run_dir(d.parent)
+                best = run_of_best(d) is not None
                 name = d.parent.name if d.name == "export" else f"{d.parent.name}-best" if best else d.name
                 key, i = name, 2
                 while key in entries:

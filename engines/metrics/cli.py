@@ -113,15 +113,14 @@ def _removal_options(rec: dict | None) -> dict:
 def _training_facts(target: Path, export_cfg: dict | None) -> dict:
     """What the trainer's evaluation used, from run.json (a run) or the export's training facts: the dataset
     records (the target set last), the evaluation seed, the device and precision, the export's epoch."""
-    from ..runs.folder import BEST_DIR, is_run_dir, read_info
+    from ..runs.folder import is_run_dir, read_info, run_of_best
 
     trained = (export_cfg or {}).get("trained") or {}
     facts: dict = {"datasets": [r for r in (trained.get("source_dataset"), trained.get("dataset")) if r],
                    "seed": None, "device": trained.get("device"), "amp": None,
                    "export_epoch": trained.get("epochs"), "export_step": trained.get("steps")}
     # a run's best/ (the trainer's best_metric export) is measured as its run measured it: the same seed and data
-    run = target if is_run_dir(target) else (target.parent if target.name == BEST_DIR and is_run_dir(target.parent)
-                                             else None)
+    run = target if is_run_dir(target) else run_of_best(target)
     if run is not None:
         info = read_info(run)
         rec = info.get("dataset")
@@ -201,13 +200,10 @@ def run_eval(args) -> int:
         raise ValueError("--source is for translation runs and exports (the pictures to translate)")
     log_run = None  # --log: the run whose metrics.jsonl gets the line (RUN, or RUN/best's RUN)
     if args.log:
-        from ..runs.folder import BEST_DIR, is_run_dir, read_info
+        from ..runs.folder import is_run_dir, read_info, run_of_best
 
-        if is_model and is_run_dir(target):
-            log_run = target
-        elif is_model and target.name == BEST_DIR and is_run_dir(target.parent):
-            log_run = target.parent
-        else:
+        log_run = (target if is_run_dir(target) else run_of_best(target)) if is_model else None
+        if log_run is None:
             raise ValueError("--log needs a run folder (or its best/) as TARGET (its metrics.jsonl gets the "
                              "evaluation)")
         if read_info(log_run).get("status") == "running":

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -203,6 +204,12 @@ def best_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / BEST_DIR
 
 
+def run_of_best(path: str | os.PathLike) -> Path | None:
+    """The run folder whose best/ ``path`` is, else None."""
+    path = Path(path)
+    return path.parent if path.name == BEST_DIR and is_run_dir(path.parent) else None
+
+
 def _is_real_dir(path: Path) -> bool:
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
@@ -212,8 +219,6 @@ def _is_real_dir(path: Path) -> bool:
 
 def _remove_tree(path: Path) -> None:
     """Remove a folder the trainer made (never a link: rmtree refuses one at the top and unlinks those inside)."""
-    import shutil
-
     if _is_real_dir(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
