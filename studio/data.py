@@ -144,6 +144,7 @@ class Run:
     wall_seconds: float | None = None
     layout: GridLayout = field(default_factory=GridLayout)
     last_modified: float = 0.0
+    best_eval: list[dict[str, Any]] = field(default_factory=list)  # `pokelab eval RUN/best --log` lines
 
     @property
     def key(self) -> str:
@@ -440,6 +441,7 @@ def _load_pokelab(run: Run) -> None:
             run.warnings.append(f"metrics.jsonl {w}" if w.startswith("line") else w)
     run.train = _frame(m.train, "epoch", run, "metrics.jsonl (train)")
     run.evals = _frame(m.eval, "epoch", run, "metrics.jsonl (eval)")
+    run.best_eval = list(m.best_eval)
     run.events = [{"x": _num(e.get("epoch")), "event": str(e.get("event") or e.get("kind") or "?"),
                    "message": str(e.get("message", ""))} for e in m.events]
     end = init_phase_end(run)
@@ -715,9 +717,56 @@ def summarize(run: Run) -> dict[str, Any]:
         "size": group.size, "eval n": group.n, "FID group": group.label,
         # the latest evaluation's collapse flag (None: not measured)
         "collapse": collapsed,
+        "best/": best_export_cell(run),
         "img/s": throughput(run), "wall time": fmt_duration(run.wall_seconds),
         "samples": len(run.samples), "warnings": len(run.warnings), "path": str(run.path),
     }
+
+
+def best_export(run: Run) -> dict[str, Any] | None:
+    """The run's best/ export (run.json ``best``, written by the trainer: docs/training.md "The best export"):
+    metric, value, epoch, hours, eval_n as recorded, ``present`` (best/ is a folder in the run, links not
+    followed) and ``measured``: the latest ``pokelab eval RUN/best --log`` line of that same epoch (None: not
+    measured on its own since best/ last moved). None when run.json records no best/."""
+    b = run.info.get("best") if isinstance(run.info, dict) else None
+    if not isinstance(b, dict) or not isinstance(b.get("metric"), str) or _num(b.get("value")) is None \
+            or _num(b.get("epoch")) is None:
+        return None
+    epoch = _num(b["epoch"])
+    measured = [e for e in run.best_eval if _num(e.get("epoch")) == epoch]
+    return {"metric": b["metric"], "value": _num(b["value"]), "epoch": epoch, "hours": _num(b.get("hours")),
+            "eval_n": _num(b.get("eval_n")), "present": R.is_real_dir(run.path / R.BEST_DIR),
+            "measured": measured[-1] if measured else None}
+
+
+def best_export_cell(run: Run) -> str:
+    """The runs table's "best/" column: where the best export is from and its score ("" when none)."""
+    b = best_export(run)
+    if b is None:
+        return ""
+    m = b["measured"]
+    if m is not None and _num(m.get(b["metric"])) is not None:
+        return (f"{run.x_unit} {fmt_x(b['epoch'])} · {b['metric'].upper()} {_num(m[b['metric']]):.4g} "
+                f"({fmt_x(_num(m.get('eval_n')))})")
+    return f"{run.x_unit} {fmt_x(b['epoch'])} · {b['metric'].upper()} {b['value']:.4g} ({fmt_x(b['eval_n'])})"
+
+
+def best_export_text(run: Run) -> str | None:
+    """Run details: what best/ is, and its own measurement or the command that makes it. None when no best/."""
+    b = best_export(run)
+    if b is None:
+        return None
+    when = f"{run.x_unit} {fmt_x(b['epoch'])}" + (f", {b['hours']:.2f} h of training" if b["hours"] else "")
+    text = (f"best/: the export of {when}, the lowest {b['metric'].upper()} of the run's evaluations "
+            f"({b['value']:.4g} at {fmt_x(b['eval_n'])} samples).")
+    if not b["present"]:
+        return text + " The folder is not in this copy of the run."
+    m = b["measured"]
+    if m is None:
+        return text + f" Not measured on its own yet: `pokelab eval {run.path / R.BEST_DIR} --n 2000 --log`."
+    got = [f"{label} {_num(m[k]):{fmt}}" for k, label, fmt in (("fid", "FID", ".2f"), ("kid", "KID", ".4f"))
+           if _num(m.get(k)) is not None]
+    return text + f" Measured on its own: {', '.join(got) or 'no FID/KID'} at {fmt_x(_num(m.get('eval_n')))} samples."
 
 
 #: evaluation keys whose latest value the runs table keeps (engines.metrics.prdc, .small_n): (key, label)
@@ -767,7 +816,7 @@ def eval_cadence_text(run: Run) -> str | None:
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     cols = ["run", "tool", "engine", "kind", "dataset", "status", "done", "planned", "unit", "progress", "best FID",
             "best FID at", "last KID", "last KID std", *(f"last {label}" for _, label in QUALITY_KEYS), "size",
-            "eval n", "FID group", "collapse", "img/s", "wall time", "samples", "warnings", "path"]
+            "eval n", "FID group", "collapse", "best/", "img/s", "wall time", "samples", "warnings", "path"]
     return pd.DataFrame([summarize(r) for r in runs], columns=cols)
 
 

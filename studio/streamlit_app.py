@@ -162,7 +162,7 @@ def _dataframe(df, **kw) -> None:
 #: the runs table's columns, in order: the judging columns (best FID and what it compares with) come first, so
 #: they are on screen at any window width (tests/test_studio_honesty.py)
 RUNS_COLUMNS = ["run", "engine", "kind", "best FID", "best FID at", "size", "eval n", "collapse", "status", "progress",
-                "completion", "last KID", "dataset", "img/s", "wall time", "samples", "warnings"]
+                "completion", "last KID", "best/", "dataset", "img/s", "wall time", "samples", "warnings"]
 #: fixed pixel widths. The run id is pinned (it stays while the table scrolls sideways; a longer id ends in "…", the
 #: whole id is in Run details). At a 1500 px window the table is about 1040 px wide (sidebar ~300 px, page
 #: padding), so the columns up to "collapse" must fit in RUNS_TABLE_BUDGET
@@ -196,6 +196,9 @@ def runs_column_config() -> dict:
         "status": st.column_config.TextColumn("status", width=w["status"]),
         "progress": st.column_config.TextColumn("progress", width=w["progress"]),
         "last KID": st.column_config.NumberColumn(format="%.4f"),
+        "best/": st.column_config.TextColumn("best/", help="the run's best/ export (the evaluation lowest in its "
+                                             "best_metric): where it is from and its score (samples); measured on "
+                                             "its own when `pokelab eval RUN/best --log` has run"),
         "img/s": st.column_config.NumberColumn(format="%.0f"),
         "completion": st.column_config.ProgressColumn("done", min_value=0.0, max_value=1.0, format="percent",
                                                       width=w["completion"]),
@@ -472,6 +475,9 @@ def view_runs(roots: list[Path]) -> None:
         cadence = D.eval_cadence_text(r)
         if cadence:
             st.caption(cadence)
+        best = D.best_export_text(r)
+        if best:
+            st.caption(best)
         verdict_block(r, roots)
         per_label_section(r)
         if r.events:

@@ -60,8 +60,11 @@ def lab(tmp_path_factory):
               "collapse": 1},
              {"epoch": 30, "fid": 95.0, "kid": 0.09, "kid_std": 0.02, "ms_ssim/fake": 0.22, "ms_ssim/real": 0.2,
               "collapse": 0}]
-    _run(root, FIN, "finished", 30, 30, evals, grids=[(10, _tiles(1)), (20, _tiles(2)), (30, _tiles(3, same=True))],
-         acc=0.9, epoch_seconds=20.0)  # 30 x 20 s = run.json's wall_seconds
+    fin = _run(root, FIN, "finished", 30, 30,
+               evals + [{"epoch": 10, "fid": 61.5, "kid": 0.041, "eval_n": 2000, "export": "best"}],
+               grids=[(10, _tiles(1)), (20, _tiles(2)), (30, _tiles(3, same=True))], acc=0.9, epoch_seconds=20.0,
+               extra={"best": {"metric": "kid", "value": 0.12, "epoch": 10, "hours": 0.05, "eval_n": 500}})
+    (fin / "best").mkdir()  # 30 x 20 s = run.json's wall_seconds; best/: the epoch-10 evaluation (not flagged)
     _run(root, RUN, "running", 12, 100, [{"epoch": 10, "fid": 150.0, "kid": 0.2}],
          tail='{"kind": "train", "epoch": 13, "loss/D"', grids=[(10, _tiles(4))])
     _run(root, FAIL, "failed", 3, 100)
@@ -128,11 +131,15 @@ def goto(at, view):
     return at
 
 
-def test_runs_table_values_and_warnings(app):
+def test_runs_table_values_and_warnings(app, lab):
     df = frame(app, "completion").set_index("run")
     assert set(df.index) == {FIN, RUN, FAIL, BROKEN, SG}
     assert df.loc[FIN, "best FID"] == 80.0 and df.loc[FIN, "best FID at"] == 20.0
-    assert df.loc[FIN, "last KID"] == pytest.approx(0.09)
+    assert df.loc[FIN, "last KID"] == pytest.approx(0.09)  # best/'s own line stays out of the run's trend
+    assert df.loc[FIN, "best/"] == "epoch 10 · KID 0.041 (2000)" and df.loc[RUN, "best/"] == ""
+    app.selectbox(key="detail_run").set_value(str(lab["root"] / FIN)).run()
+    assert any(c.value.startswith("best/: the export of epoch 10, 0.05 h of training") and
+               c.value.endswith("Measured on its own: FID 61.50, KID 0.0410 at 2000 samples.") for c in app.caption)
     assert df.loc[FIN, "progress"] == "30 / 30 epoch" and df.loc[FIN, "completion"] == 1.0
     assert df.loc[RUN, "status"].endswith("running") and df.loc[RUN, "progress"] == "12 / 100 epoch"
     assert df.loc[FAIL, "status"].endswith("failed")

@@ -73,6 +73,47 @@ def test_finished_run_summary_and_verdict(tmp_path):
     assert v["D balance"]["level"] == "ok"
 
 
+def test_best_export_from_run_json_and_its_own_measurement(tmp_path):
+    best = {"metric": "kid", "value": 0.08, "epoch": 20, "step": 100, "hours": 0.5, "kimg": 1.6, "eval_n": 500}
+    d = write_run(tmp_path, "20250101-000000-projected_gan-pokemon", evals=EVALS, info_extra={"best": best})
+    r = D.load_run(d)
+    assert D.best_export(r)["present"] is False  # run.json names it, this copy of the run lacks the folder
+    assert D.best_export_text(r).endswith("The folder is not in this copy of the run.")
+    assert D.summarize(r)["best/"] == "epoch 20 · KID 0.08 (500)"
+    (d / "best").mkdir()
+    text = D.best_export_text(D.load_run(d))
+    assert text.startswith("best/: the export of epoch 20, 0.50 h of training, the lowest KID of the run's "
+                           "evaluations (0.08 at 500 samples).")
+    assert f"pokelab eval {d / 'best'} --n 2000 --log" in text
+    # a `pokelab eval RUN/best --log` line of an earlier best/ (epoch 10) does not describe today's best/
+    with open(d / "metrics.jsonl", "a") as f:
+        for epoch, fid, kid in ((10, 70.0, 0.07), (20, 52.25, 0.0312)):
+            f.write(json.dumps({"kind": "eval", "epoch": epoch, "fid": fid, "kid": kid, "eval_n": 2000,
+                                "export": "best"}) + "\n")
+    r = D.load_run(d)
+    assert D.best_export(r)["measured"]["fid"] == 52.25
+    assert D.best_export_text(r).endswith("Measured on its own: FID 52.25, KID 0.0312 at 2000 samples.")
+    s = D.summarize(r)
+    assert s["best/"] == "epoch 20 · KID 0.0312 (2000)" and s["best FID"] == 80.0  # its lines stay out of the trend
+
+
+@pytest.mark.parametrize("best", [None, "kid", {"metric": "kid"}, {"metric": 3, "value": 0.1, "epoch": 2},
+                                  {"metric": "kid", "value": "x", "epoch": 2}])
+def test_best_export_absent_or_malformed_is_none(tmp_path, best):
+    d = write_run(tmp_path, "20250101-000000-dcgan-pokemon", evals=EVALS,
+                  info_extra={} if best is None else {"best": best})
+    r = D.load_run(d)
+    assert D.best_export(r) is None and D.best_export_text(r) is None and D.summarize(r)["best/"] == ""
+
+
+def test_best_export_link_is_not_the_folder(tmp_path):
+    d = write_run(tmp_path, "20250101-000000-dcgan-pokemon", evals=EVALS,
+                  info_extra={"best": {"metric": "fid", "value": 80.0, "epoch": 20, "eval_n": 500}})
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", d / "best")
+    assert D.best_export(D.load_run(d))["present"] is False
+
+
 def test_running_run_with_partial_last_line_is_a_note_not_a_warning(tmp_path):
     d = write_run(tmp_path, "20250101-000000-wgan_gp-pokemon", status="running", epochs=5, planned=50,
                   tail='{"kind": "train", "epoch": 6, "loss/D": 0.7')
@@ -128,7 +169,7 @@ def test_run_json_not_an_object_and_missing_metrics(tmp_path):
 
 
 def test_failed_run_and_stale_running_run(tmp_path):
-    f = write_run(tmp_path, "20250101-000000-dcgan-a", status="failed", epochs=3, planned=10)
+    write_run(tmp_path, "20250101-000000-dcgan-a", status="failed", epochs=3, planned=10)
     s = write_run(tmp_path, "20250101-000000-dcgan-b", status="running", epochs=3, planned=10)
     old = time.time() - 3 * 3600
     for p in [s, *s.iterdir()]:

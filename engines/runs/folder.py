@@ -210,16 +210,17 @@ def run_of_best(path: str | os.PathLike) -> Path | None:
     return path.parent if path.name == BEST_DIR and is_run_dir(path.parent) else None
 
 
-def _is_real_dir(path: Path) -> bool:
+def is_real_dir(path: Path) -> bool:
+    """A folder itself, not a link to one (nor anything unreadable)."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
+    except OSError:
         return False
 
 
 def _remove_tree(path: Path) -> None:
     """Remove a folder the trainer made (never a link: rmtree refuses one at the top and unlinks those inside)."""
-    if _is_real_dir(path):
+    if is_real_dir(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
@@ -234,7 +235,7 @@ def replace_best(run_dir: str | os.PathLike, write) -> Path:
     _remove_tree(new)
     write(new)
     _remove_tree(old)
-    if _is_real_dir(dest):
+    if is_real_dir(dest):
         os.rename(dest, old)
     os.rename(new, dest)
     _remove_tree(old)
@@ -249,7 +250,7 @@ def recover_best(run_dir: str | os.PathLike) -> list[str]:
     done = []
     if not os.path.lexists(dest):
         for cand in (new, old):
-            if _is_real_dir(cand) and all((cand / f).is_file() for f in ("config.json", "model.safetensors")):
+            if is_real_dir(cand) and all((cand / f).is_file() for f in ("config.json", "model.safetensors")):
                 os.rename(cand, dest)
                 done.append(f"{BEST_DIR}/ restored from {cand.name}/")
                 break
