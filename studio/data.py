@@ -735,7 +735,7 @@ def best_export(run: Run) -> dict[str, Any] | None:
     epoch = _num(b["epoch"])
     measured = [e for e in run.best_eval if _num(e.get("epoch")) == epoch]
     return {"metric": b["metric"], "value": _num(b["value"]), "epoch": epoch, "hours": _num(b.get("hours")),
-            "eval_n": _num(b.get("eval_n")), "present": R.is_real_dir(run.path / R.BEST_DIR),
+            "eval_n": _num(b.get("eval_n")), "present": R.is_real_dir(R.best_dir(run.path)),
             "measured": measured[-1] if measured else None}
 
 
@@ -745,10 +745,10 @@ def best_export_cell(run: Run) -> str:
     if b is None:
         return ""
     m = b["measured"]
+    value, n = b["value"], b["eval_n"]  # the choice's own score, unless best/ was measured on its own
     if m is not None and _num(m.get(b["metric"])) is not None:
-        return (f"{run.x_unit} {fmt_x(b['epoch'])} · {b['metric'].upper()} {_num(m[b['metric']]):.4g} "
-                f"({fmt_x(_num(m.get('eval_n')))})")
-    return f"{run.x_unit} {fmt_x(b['epoch'])} · {b['metric'].upper()} {b['value']:.4g} ({fmt_x(b['eval_n'])})"
+        value, n = _num(m[b["metric"]]), _num(m.get("eval_n"))
+    return f"{run.x_unit} {fmt_x(b['epoch'])} · {b['metric'].upper()} {value:.4g} ({fmt_x(n)})"
 
 
 def best_export_text(run: Run) -> str | None:
@@ -763,7 +763,7 @@ def best_export_text(run: Run) -> str | None:
         return text + " The folder is not in this copy of the run."
     m = b["measured"]
     if m is None:
-        return text + f" Not measured on its own yet: `pokelab eval {run.path / R.BEST_DIR} --n 2000 --log`."
+        return text + f" Not measured on its own yet: `pokelab eval {R.best_dir(run.path)} --n 2000 --log`."
     got = [f"{label} {_num(m[k]):{fmt}}" for k, label, fmt in (("fid", "FID", ".2f"), ("kid", "KID", ".4f"))
            if _num(m.get(k)) is not None]
     return text + f" Measured on its own: {', '.join(got) or 'no FID/KID'} at {fmt_x(_num(m.get('eval_n')))} samples."
