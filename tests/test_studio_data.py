@@ -86,10 +86,16 @@ def test_best_export_from_run_json_and_its_own_measurement(tmp_path):
                            "evaluations (0.08 at 500 samples).")
     assert f"pokelab eval {d / 'best'} --n 2000 --log" in text
     # a `pokelab eval RUN/best --log` line of an earlier best/ (epoch 10) does not describe today's best/
-    with open(d / "metrics.jsonl", "a") as f:
-        for epoch, fid, kid in ((10, 70.0, 0.07), (20, 52.25, 0.0312)):
+    def log_best_eval(epoch, fid, kid):
+        with open(d / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"kind": "eval", "epoch": epoch, "fid": fid, "kid": kid, "eval_n": 2000,
                                 "export": "best"}) + "\n")
+
+    log_best_eval(10, 70.0, 0.07)
+    r = D.load_run(d)
+    assert D.best_export(r)["measured"] is None and "Not measured on its own yet" in D.best_export_text(r)
+    assert D.summarize(r)["best/"] == "epoch 20 · KID 0.08 (500)"
+    log_best_eval(20, 52.25, 0.0312)
     r = D.load_run(d)
     assert D.best_export(r)["measured"]["fid"] == 52.25
     assert D.best_export_text(r).endswith("Measured on its own: FID 52.25, KID 0.0312 at 2000 samples.")
