@@ -33,6 +33,9 @@ from .data.prepare import (DEFAULT_MAX_FILE_BYTES, IMAGE_EXTENSIONS, DataError, 
 
 LABELS_VERSION = "pokelab-labels/1"
 SEPARATOR = "|"
+#: between the columns of one --label-column ('types,egg_groups'), and between a later column's name and its
+#: values in the vocabulary ('egg_groups:Monster')
+COLUMN_SEPARATOR, COLUMN_MARK = ",", ":"
 #: the most distinct labels a vocabulary may hold (stylegan2-ada's ImageNet has 1000)
 MAX_VOCABULARY = 4096
 MAX_LABEL_CHARS = 200
@@ -135,6 +138,20 @@ def csv_header(p: Path, text: str, example: str, error: type[LabelError] = Label
     return reader, header, key_col
 
 
+def label_columns(column: str, header: Sequence[str]) -> list[str]:
+    """``--label-column`` as a list of columns: 'types,egg_groups' is two (unless the header has a column of
+    that very name); a repeated or empty name is an error."""
+    if column in header or COLUMN_SEPARATOR not in column:
+        return [column]
+    columns = [c.strip() for c in column.split(COLUMN_SEPARATOR)]
+    if any(not c for c in columns):
+        raise LabelError(f"--label-column {column!r} has an empty column name (columns are separated by "
+                         f"'{COLUMN_SEPARATOR}')")
+    if len(set(columns)) != len(columns):
+        raise LabelError(f"--label-column {column!r} names a column twice")
+    return columns
+
+
 def _read_csv(p: Path, text: str, digest: str, column: str | None) -> LabelTable:
     try:
         reader, header, key_col = csv_header(p, text, "id,label")
@@ -146,11 +163,16 @@ def _read_csv(p: Path, text: str, digest: str, column: str | None) -> LabelTable
             if column is None:
                 raise LabelError(f"{p}: which column holds the labels? choose one with --label-column "
                                  f"({', '.join(others) or 'no other columns'})")
-        if column not in header:
-            raise LabelError(f"{p}: no column {column!r} (columns: {', '.join(header)})")
-        if column in KEY_COLUMNS:
-            raise LabelError(f"{p}: {column!r} names the images; choose a label column ({', '.join(others)})")
-        ki, ci = header.index(key_col), header.index(column)
+        columns = label_columns(column, header)
+        for c in columns:
+            if c not in header:
+                raise LabelError(f"{p}: no column {c!r} (columns: {', '.join(header)})")
+            if c in KEY_COLUMNS:
+                raise LabelError(f"{p}: {c!r} names the images; choose a label column ({', '.join(others)})")
+        ki = header.index(key_col)
+        # values of every column after the first carry their column's name: a type "Grass" and an egg group
+        # "Grass" stay two labels
+        cis = [(header.index(c), "" if i == 0 else f"{c}{COLUMN_MARK}") for i, c in enumerate(columns)]
         rows: dict[str, tuple[str, ...]] = {}
         where: dict[str, str] = {}
         for row in reader:
@@ -164,7 +186,12 @@ def _read_csv(p: Path, text: str, digest: str, column: str | None) -> LabelTable
                 raise LabelError(f"{p}: {line} has an empty {key_col!r}")
             if key in rows:
                 raise LabelError(f"{p}: {key_col} {key!r} appears twice ({where[key]} and {line})")
-            rows[key] = split_values(row[ci], f"{p}: {line}: ")
+            values = tuple(dict.fromkeys(prefix + v for ci, prefix in cis
+                                         for v in split_values(row[ci], f"{p}: {line}: ")))
+            if any(len(v) > MAX_LABEL_CHARS for v in values):
+                raise LabelError(f"{p}: {line}: a label with its column's name is longer than {MAX_LABEL_CHARS} "
+                                 "characters")
+            rows[key] = values
             where[key] = line
     except csv.Error as e:
         raise LabelError(f"{p}: not a readable CSV ({e})") from None

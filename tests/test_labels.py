@@ -175,6 +175,40 @@ def test_reattach_uses_the_recorded_file_column_and_vocabulary(tmp_path, pics):
     assert reattach(pics, None) is pics
 
 
+EGGS = """id,types,egg_groups
+1,Grass|Poison,Monster|Grass
+2,Grass|Poison,Monster|Grass
+3,Fire,Monster|Dragon
+4,Water,Monster|Water 1
+5,Electric,Field|Fairy
+6,Fire,Field
+"""
+
+
+def test_several_columns_pool_their_labels_each_later_one_named(tmp_path, pics):
+    path = csv_file(tmp_path, EGGS)
+    ds = load_labels(pics, path, "types, egg_groups")
+    spec = ds.label_spec
+    # an egg group "Grass" is not the type "Grass"
+    assert spec.vocabulary == ("egg_groups:Dragon", "egg_groups:Fairy", "egg_groups:Field", "egg_groups:Grass",
+                               "egg_groups:Monster", "egg_groups:Water 1", "Electric", "Fire", "Grass",
+                               "Poison", "Water")
+    by_file = dict(zip(ds.files, spec.decode(ds.labels)))
+    assert by_file["1.png"] == "egg_groups:Grass|egg_groups:Monster|Grass|Poison"
+    assert by_file["6.png"] == "egg_groups:Field|Fire"
+    assert ds.label_record["column"] == "types, egg_groups"
+    # a resumed run reads the same columns again
+    again = reattach(pics, json.loads(json.dumps(ds.label_record)))
+    assert torch.equal(again.labels, ds.labels) and again.label_spec.vocabulary == spec.vocabulary
+    # a header that has a column of that very name keeps it as one column
+    odd = csv_file(tmp_path, 'id,"types,egg_groups"\n' + "".join(f"{i},T{i % 2}\n" for i in range(1, 7)), "odd.csv")
+    assert load_labels(pics, odd, "types,egg_groups").label_spec.vocabulary == ("T0", "T1")
+    for column, message in (("types,", "empty column name"), ("types,types", "names a column twice"),
+                            ("types,weight", "no column 'weight'"), ("types,id", "names the images")):
+        with pytest.raises(LabelError, match=message):
+            read_labels(path, column)
+
+
 def test_cli_refuses_labels_for_unconditional_engines_and_cgan_without(tmp_path, pics, capsys):
     src = pics.source
     labels = csv_file(tmp_path, SPECIES)
