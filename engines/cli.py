@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", metavar="FILE",
                    help="conditional engines: per-image labels, a CSV with an id or file column (matched to the "
                         "image file names) or stylegan2-ada's dataset.json; 'A|B' is two labels")
-    t.add_argument("--label-column", metavar="COLUMN", help="the CSV column holding the labels (e.g. types); several columns "
-                   "joined with commas (types,egg_groups) pool their labels, the later ones named 'egg_groups:Monster'")
+    t.add_argument("--label-column", metavar="COLUMN",
+                   help="the CSV column holding the labels (e.g. types); several columns joined with commas "
+                        "(types,egg_groups) pool their labels, the later ones named 'egg_groups:Monster'")
     t.add_argument("--tag", help="a tag stored in run.json (the studio groups runs by it; `pokelab sweep` sets it)")
     t.add_argument("--sweep-info", help=argparse.SUPPRESS)
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

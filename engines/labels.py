@@ -186,8 +186,8 @@ def _read_csv(p: Path, text: str, digest: str, column: str | None) -> LabelTable
                 raise LabelError(f"{p}: {line} has an empty {key_col!r}")
             if key in rows:
                 raise LabelError(f"{p}: {key_col} {key!r} appears twice ({where[key]} and {line})")
-            values = tuple(dict.fromkeys(prefix + v for ci, prefix in cis
-                                         for v in split_values(row[ci], f"{p}: {line}: ")))
+            # split_values drops repeats within a column; the prefixes keep the columns apart
+            values = tuple(prefix + v for ci, prefix in cis for v in split_values(row[ci], f"{p}: {line}: "))
             if any(len(v) > MAX_LABEL_CHARS for v in values):
                 raise LabelError(f"{p}: {line}: a label with its column's name is longer than {MAX_LABEL_CHARS} "
                                  "characters")
